@@ -1,0 +1,481 @@
+/*
+ * pyfork's compiled core: the child's environment block, posix_spawn()
+ * with its file actions, payload files, and the child's checked reads.
+ * Contracts are stated above each declaration in pyfork_core.h.
+ */
+#define _GNU_SOURCE
+
+#include "pyfork_core.h"
+
+#include <dirent.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#ifndef PYFORK_VERSION
+#error "PYFORK_VERSION must be defined by the build"
+#endif
+
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 0x0001U
+#endif
+
+extern char **environ;
+
+static const unsigned char header_magic[6] = {'P', 'Y', 'F', 'O', 'R', 'K'};
+
+const char *pyfork_core_version(void) { return PYFORK_VERSION; }
+
+/* Environment */
+
+static int entry_has_name(const char *entry, const char *name,
+                          size_t name_len)
+{
+    return strncmp(entry, name, name_len) == 0 && entry[name_len] == '=';
+}
+
+char **pyfork_env_build(char *const *base, const char *name,
+                        const char *entry)
+{
+    size_t name_len = strlen(name);
+    if (name_len == 0 || strchr(name, '=') != NULL ||
+        !entry_has_name(entry, name, name_len)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (base == NULL) {
+        base = environ;
+    }
+
+    /* One block: the pointer array, then the strings it points to. */
+    size_t count = 0;
+    size_t text_size = strlen(entry) + 1;
+    for (char *const *p = base; p != NULL && *p != NULL; p++) {
+        if (!entry_has_name(*p, name, name_len)) {
+            count++;
+            text_size += strlen(*p) + 1;
+        }
+    }
+    size_t array_size = (count + 2) * sizeof(char *);
+    if (text_size > SIZE_MAX - array_size) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    char **env = malloc(array_size + text_size);
+    if (env == NULL) {
+        return NULL;
+    }
+
+    char *text = (char *)env + array_size;
+    size_t i = 0;
+    for (char *const *p = base; p != NULL && *p != NULL; p++) {
+        if (entry_has_name(*p, name, name_len)) {
+            continue;
+        }
+        size_t size = strlen(*p) + 1;
+        memcpy(text, *p, size);
+        env[i++] = text;
+        text += size;
+    }
+    memcpy(text, entry, strlen(entry) + 1);
+    env[i++] = text;
+    env[i] = NULL;
+    return env;
+}
+
+void pyfork_env_free(char **env) { free(env); }
+
+ssize_t pyfork_env_take(const char *name, char *buf, size_t size)
+{
+    const char *value = getenv(name);
+    if (value == NULL) {
+        errno = ENOENT;
+        return -1;
+    }
+    size_t len = strlen(value);
+    if (len >= size || len > SSIZE_MAX) {
+        errno = ERANGE;
+        return -1;
+    }
+    memcpy(buf, value, len + 1);
+    if (unsetenv(name) != 0) {
+        return -1;
+    }
+    return (ssize_t)len;
+}
+
+/* Spawn */
+
+typedef int (*addchdir_fn)(posix_spawn_file_actions_t *, const char *);
+typedef int (*addclosefrom_fn)(posix_spawn_file_actions_t *, int);
+
+/*
+ * posix_spawn_file_actions_addchdir_np() came in glibc 2.29 and
+ * posix_spawn_file_actions_addclosefrom_np() in 2.34. Looking them up at
+ * run time keeps the core loadable on older systems.
+ */
+static addchdir_fn lookup_addchdir(void)
+{
+    return (addchdir_fn)dlsym(RTLD_DEFAULT,
+                              "posix_spawn_file_actions_addchdir_np");
+}
+
+static addclosefrom_fn lookup_addclosefrom(void)
+{
+    return (addclosefrom_fn)dlsym(RTLD_DEFAULT,
+                                  "posix_spawn_file_actions_addclosefrom_np");
+}
+
+static int is_kept(int fd, const int *keep_fds, size_t n_keep_fds)
+{
+    for (size_t i = 0; i < n_keep_fds; i++) {
+        if (keep_fds[i] == fd) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int is_inheritable(int fd)
+{
+    int flags = fcntl(fd, F_GETFD);
+    return flags != -1 && (flags & FD_CLOEXEC) == 0;
+}
+
+/* Add a close action for every inheritable fd >= 3 that is not kept. */
+static int close_inheritable_by_scan(posix_spawn_file_actions_t *actions,
+                                     const int *keep_fds, size_t n_keep_fds)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    if (dir == NULL) {
+        return errno;
+    }
+    int dir_fd = dirfd(dir);
+    int error = 0;
+    struct dirent *ent;
+    while (error == 0 && (ent = readdir(dir)) != NULL) {
+        char *end;
+        long fd = strtol(ent->d_name, &end, 10);
+        if (end == ent->d_name || *end != '\0' || fd < 3 || fd > INT_MAX ||
+            fd == dir_fd || is_kept((int)fd, keep_fds, n_keep_fds) ||
+            !is_inheritable((int)fd)) {
+            continue;
+        }
+        error = posix_spawn_file_actions_addclose(actions, (int)fd);
+    }
+    closedir(dir);
+    return error;
+}
+
+/*
+ * Add the actions that leave the child with fds 0-2 and `keep_fds` only.
+ * Close-on-exec fds close by themselves, so only inheritable ones need an
+ * action. Returns 0 or an error number.
+ */
+static int add_fd_actions(posix_spawn_file_actions_t *actions,
+                          const int *keep_fds, size_t n_keep_fds)
+{
+    int max_kept = 2;
+    for (size_t i = 0; i < n_keep_fds; i++) {
+        int fd = keep_fds[i];
+        if (fd < 0) {
+            return EBADF;
+        }
+        /* dup2() onto itself clears close-on-exec in the child. */
+        int error = posix_spawn_file_actions_adddup2(actions, fd, fd);
+        if (error != 0) {
+            return error;
+        }
+        if (fd > max_kept) {
+            max_kept = fd;
+        }
+    }
+
+    addclosefrom_fn addclosefrom = lookup_addclosefrom();
+    if (addclosefrom == NULL || max_kept == INT_MAX) {
+        return close_inheritable_by_scan(actions, keep_fds, n_keep_fds);
+    }
+    for (int fd = 3; fd < max_kept; fd++) {
+        if (!is_kept(fd, keep_fds, n_keep_fds) && is_inheritable(fd)) {
+            int error = posix_spawn_file_actions_addclose(actions, fd);
+            if (error != 0) {
+                return error;
+            }
+        }
+    }
+    return addclosefrom(actions, max_kept + 1);
+}
+
+static int set_spawn_attributes(posix_spawnattr_t *attr, int flags,
+                                pid_t pgroup)
+{
+    sigset_t mask;
+    sigset_t defaults;
+    short spawn_flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
+
+    sigemptyset(&mask);
+    sigemptyset(&defaults);
+    /* CPython ignores both at start-up, and exec keeps ignored signals. */
+    sigaddset(&defaults, SIGPIPE);
+    sigaddset(&defaults, SIGXFSZ);
+
+    int error = posix_spawnattr_setsigmask(attr, &mask);
+    if (error == 0) {
+        error = posix_spawnattr_setsigdefault(attr, &defaults);
+    }
+    if (error == 0 && (flags & PYFORK_SPAWN_SETPGROUP)) {
+        spawn_flags |= POSIX_SPAWN_SETPGROUP;
+        error = posix_spawnattr_setpgroup(attr, pgroup);
+    }
+    if (flags & PYFORK_SPAWN_SETSID) {
+        spawn_flags |= POSIX_SPAWN_SETSID;
+    }
+    if (error == 0) {
+        error = posix_spawnattr_setflags(attr, spawn_flags);
+    }
+    return error;
+}
+
+int pyfork_spawn(pid_t *pid, const char *path, char *const argv[],
+                 char *const envp[], const int *keep_fds, size_t n_keep_fds,
+                 const char *cwd, int flags, pid_t pgroup)
+{
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attr;
+
+    int error = posix_spawn_file_actions_init(&actions);
+    if (error != 0) {
+        errno = error;
+        return -1;
+    }
+    error = posix_spawnattr_init(&attr);
+    if (error != 0) {
+        posix_spawn_file_actions_destroy(&actions);
+        errno = error;
+        return -1;
+    }
+
+    error = add_fd_actions(&actions, keep_fds, n_keep_fds);
+    if (error == 0 && cwd != NULL) {
+        addchdir_fn addchdir = lookup_addchdir();
+        error = addchdir != NULL ? addchdir(&actions, cwd) : ENOSYS;
+    }
+    if (error == 0) {
+        error = set_spawn_attributes(&attr, flags, pgroup);
+    }
+    if (error == 0) {
+        error = posix_spawn(pid, path, &actions, &attr, argv, envp);
+    }
+
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&actions);
+    if (error != 0) {
+        errno = error;
+        return -1;
+    }
+    return 0;
+}
+
+/* Payload files */
+
+int pyfork_payload_create_anonymous(const char *fallback_dir)
+{
+    int fd;
+#ifdef SYS_memfd_create
+    /* The raw system call needs no glibc 2.27 symbol. */
+    fd = (int)syscall(SYS_memfd_create, "pyfork", MFD_CLOEXEC);
+    if (fd >= 0) {
+        return fd;
+    }
+    /* Other errors mean memfd is missing or filtered: use the fallback. */
+    if (fallback_dir == NULL || errno == EMFILE || errno == ENFILE ||
+        errno == ENOMEM) {
+        return -1;
+    }
+#else
+    if (fallback_dir == NULL) {
+        errno = ENOSYS;
+        return -1;
+    }
+#endif
+    char path[PATH_MAX];
+    fd = pyfork_payload_create_named(fallback_dir, path, sizeof path);
+    if (fd < 0) {
+        return -1;
+    }
+    if (unlink(path) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+int pyfork_payload_create_named(const char *dir, char *path,
+                                size_t path_size)
+{
+    int n = snprintf(path, path_size, "%s/pyfork-XXXXXX", dir);
+    if (n < 0) {
+        return -1;
+    }
+    if ((size_t)n >= path_size) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    /* mkostemp() creates the file with O_EXCL and mode 0600. */
+    return mkostemp(path, O_CLOEXEC);
+}
+
+static void store_u64_le(unsigned char *out, uint64_t value)
+{
+    for (int i = 0; i < 8; i++) {
+        out[i] = (unsigned char)(value >> (8 * i));
+    }
+}
+
+static uint64_t load_u64_le(const unsigned char *in)
+{
+    uint64_t value = 0;
+    for (int i = 7; i >= 0; i--) {
+        value = (value << 8) | in[i];
+    }
+    return value;
+}
+
+/*
+ * Header layout, 32 bytes: magic "PYFORK", protocol version (1 byte),
+ * body encoding (1 byte), token (16 bytes), body size (u64 little-endian).
+ */
+static void build_header(unsigned char *header, const unsigned char *token,
+                         int encoding, uint64_t body_size)
+{
+    memcpy(header, header_magic, sizeof header_magic);
+    header[6] = PYFORK_PROTOCOL_VERSION;
+    header[7] = (unsigned char)encoding;
+    memcpy(header + 8, token, PYFORK_TOKEN_SIZE);
+    store_u64_le(header + 24, body_size);
+}
+
+int pyfork_payload_write(int fd, const unsigned char *token, int encoding,
+                         const void *body, size_t body_size)
+{
+    unsigned char header[PYFORK_HEADER_SIZE];
+    build_header(header, token, encoding, body_size);
+
+    struct iovec iov[2] = {
+        {.iov_base = header, .iov_len = sizeof header},
+        {.iov_base = (void *)body, .iov_len = body_size},
+    };
+    struct iovec *next = iov;
+    int count = 2;
+    off_t offset = 0;
+    while (count > 0) {
+        ssize_t n = pwritev(fd, next, count, offset);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        offset += n;
+        size_t written = (size_t)n;
+        while (count > 0 && written >= next->iov_len) {
+            written -= next->iov_len;
+            next++;
+            count--;
+        }
+        if (count > 0) {
+            next->iov_base = (char *)next->iov_base + written;
+            next->iov_len -= written;
+        }
+    }
+    return 0;
+}
+
+int pyfork_payload_open_named(const char *path)
+{
+    return open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+}
+
+int pyfork_payload_check(int fd, int named, const unsigned char *token,
+                         struct pyfork_payload_info *info)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        return PYFORK_E_NOT_REGULAR;
+    }
+    if (st.st_uid != geteuid()) {
+        return PYFORK_E_OWNER;
+    }
+    /* A memfd has mode 0777 and no link, and no other process can name
+     * it, so these checks apply to named files only. */
+    if (named && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+        return PYFORK_E_MODE;
+    }
+    if (named && st.st_nlink != 1) {
+        return PYFORK_E_LINKS;
+    }
+
+    unsigned char header[PYFORK_HEADER_SIZE];
+    int status = pyfork_read_at(fd, header, sizeof header, 0);
+    if (status != 0) {
+        return status;
+    }
+    if (memcmp(header, header_magic, sizeof header_magic) != 0) {
+        return PYFORK_E_MAGIC;
+    }
+    if (header[6] != PYFORK_PROTOCOL_VERSION) {
+        return PYFORK_E_VERSION;
+    }
+    if (memcmp(header + 8, token, PYFORK_TOKEN_SIZE) != 0) {
+        return PYFORK_E_TOKEN;
+    }
+    uint64_t body_size = load_u64_le(header + 24);
+    if ((uint64_t)st.st_size < PYFORK_HEADER_SIZE ||
+        (uint64_t)st.st_size - PYFORK_HEADER_SIZE != body_size) {
+        return PYFORK_E_SIZE;
+    }
+    info->encoding = header[7];
+    info->body_size = body_size;
+    return 0;
+}
+
+int pyfork_read_at(int fd, void *buf, size_t size, uint64_t offset)
+{
+    char *out = buf;
+    while (size > 0) {
+        if (offset > (uint64_t)INT64_MAX) {
+            return PYFORK_E_SIZE;
+        }
+        ssize_t n = pread(fd, out, size, (off_t)offset);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        if (n == 0) {
+            return PYFORK_E_SIZE;
+        }
+        out += n;
+        size -= (size_t)n;
+        offset += (uint64_t)n;
+    }
+    return 0;
+}
+
+int pyfork_unlink(const char *path) { return unlink(path); }

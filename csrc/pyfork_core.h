@@ -1,0 +1,138 @@
+/*
+ * The C surface of pyfork's compiled core.
+ *
+ * csrc/build_core.py feeds the declarations between the cdef markers to
+ * cffi, so that block holds plain declarations only: no preprocessor lines.
+ * Functions return -1 and leave errno set when a system call fails.
+ * Payload checks that fail return a positive PYFORK_E_* code instead.
+ */
+#ifndef PYFORK_CORE_H
+#define PYFORK_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* cdef begin */
+
+#define PYFORK_TOKEN_SIZE 16
+#define PYFORK_HEADER_SIZE 32
+#define PYFORK_PROTOCOL_VERSION 1
+
+/* Flags of pyfork_spawn(). */
+#define PYFORK_SPAWN_SETSID 1
+#define PYFORK_SPAWN_SETPGROUP 2
+
+/* Reasons a payload file is rejected. */
+#define PYFORK_E_NOT_REGULAR 1
+#define PYFORK_E_OWNER 2
+#define PYFORK_E_MODE 3
+#define PYFORK_E_LINKS 4
+#define PYFORK_E_MAGIC 5
+#define PYFORK_E_VERSION 6
+#define PYFORK_E_TOKEN 7
+#define PYFORK_E_SIZE 8
+
+struct pyfork_payload_info {
+    int encoding;
+    uint64_t body_size;
+};
+
+/* Return the version of the core, which must equal pyfork.__version__. */
+const char *pyfork_core_version(void);
+
+/*
+ * Build the environment block of a child: the entries of `base` (the
+ * process environment when `base` is NULL) without any entry named `name`,
+ * then `entry` ("NAME=VALUE", whose NAME must equal `name`).
+ * The array and its strings are one malloc() block: release it with
+ * pyfork_env_free(). Returns NULL with errno set to EINVAL or ENOMEM.
+ * Reading the process environment races with setenv(), putenv() and
+ * unsetenv() in other threads: the caller must exclude them.
+ */
+char **pyfork_env_build(char *const *base, const char *name,
+                        const char *entry);
+
+/* Release an environment block from pyfork_env_build(). */
+void pyfork_env_free(char **env);
+
+/*
+ * Copy the value of the environment variable `name` into `buf` and remove
+ * the variable, so a later getenv() or exec never sees it.
+ * Returns the length of the value; -1 with errno ENOENT when it is not
+ * set, or ERANGE when `buf` is too small (the variable is then kept).
+ * The same exclusion as pyfork_env_build() applies.
+ */
+ssize_t pyfork_env_take(const char *name, char *buf, size_t size);
+
+/*
+ * Start `path` with `argv` and `envp` through posix_spawn().
+ * The child keeps fds 0-2 and the fds in `keep_fds` at the same numbers,
+ * even where those are close-on-exec in the parent. Every other
+ * inheritable fd is closed in the child. The child starts with an empty
+ * signal mask and default SIGPIPE and SIGXFSZ dispositions, in `cwd`
+ * when it is not NULL, in a new session with PYFORK_SPAWN_SETSID, and in
+ * process group `pgroup` with PYFORK_SPAWN_SETPGROUP.
+ * Stores the child's pid in `*pid` and returns 0, or returns -1 with
+ * errno set (ENOSYS when `cwd` needs a glibc older than 2.29 lacks).
+ * Allocates nothing that outlives the call and is safe to call from
+ * several threads at once.
+ */
+int pyfork_spawn(pid_t *pid, const char *path, char *const argv[],
+                 char *const envp[], const int *keep_fds, size_t n_keep_fds,
+                 const char *cwd, int flags, pid_t pgroup);
+
+/*
+ * Create an anonymous payload file open for reading and writing, with
+ * close-on-exec set: a memfd, or where memfd_create() fails and
+ * `fallback_dir` is not NULL, a file in `fallback_dir` that is unlinked
+ * before this returns. Returns the fd, or -1 with errno set.
+ */
+int pyfork_payload_create_anonymous(const char *fallback_dir);
+
+/*
+ * Create a named payload file "DIR/pyfork-XXXXXX" with O_EXCL, mode 0600
+ * and close-on-exec, and write its path into `path`.
+ * Returns the fd, or -1 with errno set (ENAMETOOLONG when the path does
+ * not fit in `path_size`).
+ */
+int pyfork_payload_create_named(const char *dir, char *path,
+                                size_t path_size);
+
+/*
+ * Write the payload header and `body` at offset 0 of `fd`, retrying
+ * short writes and EINTR. Returns 0, or -1 with errno set.
+ */
+int pyfork_payload_write(int fd, const unsigned char *token, int encoding,
+                         const void *body, size_t body_size);
+
+/*
+ * Open a named payload file for reading without following a symbolic
+ * link at `path` (which fails with ELOOP) and without blocking on a FIFO.
+ * Returns the fd, or -1 with errno set.
+ */
+int pyfork_payload_open_named(const char *path);
+
+/*
+ * Check an open payload file and its header against `token`: a regular
+ * file, owned by the effective uid, without group or other permission
+ * bits and with one link when `named` is non-zero, and exactly as long as
+ * its header says. Fills `info` and returns 0, returns a PYFORK_E_* code, or returns
+ * -1 with errno set.
+ */
+int pyfork_payload_check(int fd, int named, const unsigned char *token,
+                         struct pyfork_payload_info *info);
+
+/*
+ * Read exactly `size` bytes at `offset` of `fd` into `buf`, retrying
+ * short reads and EINTR. Returns 0, PYFORK_E_SIZE when the file ends
+ * first, or -1 with errno set.
+ */
+int pyfork_read_at(int fd, void *buf, size_t size, uint64_t offset);
+
+/* Remove a named payload file. Returns 0, or -1 with errno set. */
+int pyfork_unlink(const char *path);
+
+/* cdef end */
+
+#endif

@@ -1,0 +1,39 @@
+"""Run a registered Python function in a new process by re-executing the
+current program.
+
+Register functions, call ``pyfork.init()`` early, then call
+``pyfork.fork("name", *args)``. See the README for the protocol.
+"""
+
+from ._backend import BACKEND
+from ._child import init, is_child
+from ._errors import (
+    ChildError,
+    NotRegisteredError,
+    PyforkError,
+    SpawnError,
+    TimeoutExpired,
+)
+from ._fork import Fork, fork
+from ._process import Process
+from ._protocol import EXIT_NO_INIT, EXIT_START_FAILED
+from ._registry import register
+from ._version import __version__
+
+__all__ = [
+    "BACKEND",
+    "EXIT_NO_INIT",
+    "EXIT_START_FAILED",
+    "ChildError",
+    "Fork",
+    "NotRegisteredError",
+    "Process",
+    "PyforkError",
+    "SpawnError",
+    "TimeoutExpired",
+    "__version__",
+    "fork",
+    "init",
+    "is_child",
+    "register",
+]

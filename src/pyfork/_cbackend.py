@@ -1,0 +1,205 @@
+"""The ``c`` backend: the protocol on top of the compiled core.
+
+This is the only module that imports ``pyfork._core``, so cffi's untyped
+values stay here. Every function has the signature of its counterpart in
+``_pybackend``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from . import _core  # type: ignore[attr-defined]
+from ._protocol import (
+    CHECK_MESSAGES,
+    HEADER_SIZE,
+    MARKER,
+    Marker,
+    PayloadError,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+ffi: Any = _core.ffi
+lib: Any = _core.lib
+
+CORE_VERSION: str = ffi.string(lib.pyfork_core_version()).decode()
+
+_MARKER_NAME = MARKER.encode()
+# Fits a path of PATH_MAX (4096 on Linux) bytes, and a marker with one.
+_BUFFER_SIZE = 4096 + 64
+# Payload fds that memfd cannot replace: the process is out of resources.
+_NO_FALLBACK_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
+
+def _raise_errno(filename: str | None = None) -> None:
+    err = ffi.errno
+    raise OSError(err, os.strerror(err), filename)
+
+
+def _cstring_array(items: Sequence[bytes]) -> tuple[Any, list[Any]]:
+    """Return a NULL-terminated ``char *[]`` and the buffers it points to."""
+    buffers = [ffi.new("char[]", item) for item in items]
+    return ffi.new("char *[]", [*buffers, ffi.NULL]), buffers
+
+
+def create_payload(
+    token: bytes, encoding: int, body: bytes, directory: str | None
+) -> tuple[int, str | None]:
+    """Create a payload file, write the payload, and return (fd, path).
+
+    With ``directory`` None the file is anonymous and the path is None.
+    Raises OSError with the directory as filename. Nothing remains then.
+    """
+    path: str | None = None
+    if directory is None:
+        fd = lib.pyfork_payload_create_anonymous(ffi.NULL)
+        if fd < 0 and ffi.errno not in _NO_FALLBACK_ERRNOS:
+            import tempfile
+
+            directory = tempfile.gettempdir()
+            fd = lib.pyfork_payload_create_anonymous(os.fsencode(directory))
+        if fd < 0:
+            _raise_errno(directory)
+    else:
+        buffer = ffi.new("char[]", _BUFFER_SIZE)
+        fd = lib.pyfork_payload_create_named(
+            os.fsencode(directory), buffer, _BUFFER_SIZE
+        )
+        if fd < 0:
+            _raise_errno(directory)
+        path = os.fsdecode(ffi.string(buffer))
+
+    if lib.pyfork_payload_write(fd, token, encoding, body, len(body)) != 0:
+        err = ffi.errno
+        os.close(fd)
+        if path is not None:
+            lib.pyfork_unlink(os.fsencode(path))
+        raise OSError(err, os.strerror(err), path or directory)
+    return fd, path
+
+
+def remove_payload(path: str) -> None:
+    """Remove a named payload file. Raises OSError."""
+    if lib.pyfork_unlink(os.fsencode(path)) != 0:
+        _raise_errno(path)
+
+
+def _environment_block(env: Mapping[str, str] | None, entry: bytes) -> Any:
+    if env is None:
+        block = lib.pyfork_env_build_locked(ffi.NULL, _MARKER_NAME, entry)
+    else:
+        items = [
+            os.fsencode(key) + b"=" + os.fsencode(value)
+            for key, value in env.items()
+        ]
+        base, _buffers = _cstring_array(items)
+        block = lib.pyfork_env_build(base, _MARKER_NAME, entry)
+    if block == ffi.NULL:
+        _raise_errno()
+    return block
+
+
+def spawn(
+    executable: str,
+    argv: Sequence[str],
+    marker: str,
+    env: Mapping[str, str] | None,
+    keep_fds: Sequence[int],
+) -> int:
+    """Start the child and return its pid. Raises OSError."""
+    c_argv, _buffers = _cstring_array([os.fsencode(arg) for arg in argv])
+    entry = _MARKER_NAME + b"=" + os.fsencode(marker)
+    block = _environment_block(env, entry)
+    try:
+        pid = ffi.new("pid_t *")
+        keep = ffi.new("int[]", list(keep_fds))
+        status = lib.pyfork_spawn(
+            pid,
+            os.fsencode(executable),
+            c_argv,
+            block,
+            keep,
+            len(keep_fds),
+            ffi.NULL,
+            0,
+            0,
+        )
+        if status != 0:
+            _raise_errno(executable)
+        return int(pid[0])
+    finally:
+        lib.pyfork_env_free(block)
+
+
+def take_marker() -> str | None:
+    """Read and remove the marker variable in one step.
+
+    Returns its value, or None when it is not set. ``os.environ`` is
+    updated to match.
+    """
+    buffer = ffi.new("char[]", _BUFFER_SIZE)
+    size = lib.pyfork_env_take_locked(
+        _MARKER_NAME, buffer, _BUFFER_SIZE
+    )
+    err = ffi.errno
+    os.environ.pop(MARKER, None)
+    if size < 0:
+        if err == errno.ENOENT:
+            return None
+        raise OSError(err, os.strerror(err), MARKER)
+    return os.fsdecode(ffi.buffer(buffer, size)[:])
+
+
+def read_payload(marker: Marker) -> tuple[int, bytearray]:
+    """Open, check and read the payload. Return its encoding and body.
+
+    A named file is unlinked once it passes the checks, before the body
+    is read. Raises PayloadError.
+    """
+    named = marker.path is not None
+    if marker.path is not None:
+        source = f"payload file {marker.path}"
+        fd = lib.pyfork_payload_open_named(os.fsencode(marker.path))
+        if fd < 0:
+            err = ffi.errno
+            if err == errno.ELOOP:
+                raise PayloadError(f"{source} is a symbolic link")
+            raise PayloadError(f"cannot open {source}: {os.strerror(err)}")
+    else:
+        assert marker.fd is not None
+        source = f"payload descriptor {marker.fd}"
+        fd = marker.fd
+
+    try:
+        info = ffi.new("struct pyfork_payload_info *")
+        status = lib.pyfork_payload_check(fd, named, marker.token, info)
+        _check_status(status, source)
+        if marker.path is not None and lib.pyfork_unlink(
+            os.fsencode(marker.path)
+        ):
+            err = ffi.errno
+            raise PayloadError(f"cannot remove {source}: {os.strerror(err)}")
+        body = bytearray(info.body_size)
+        status = lib.pyfork_read_at(
+            fd, ffi.from_buffer(body), len(body), HEADER_SIZE
+        )
+        _check_status(status, source)
+        return int(info.encoding), body
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # an invalid inherited fd: the check above reported it
+
+
+def _check_status(status: int, source: str) -> None:
+    if status == -1:
+        err = ffi.errno
+        raise PayloadError(f"cannot read {source}: {os.strerror(err)}")
+    if status != 0:
+        raise PayloadError(f"{source} {CHECK_MESSAGES[status]}")

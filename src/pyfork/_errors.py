@@ -1,0 +1,71 @@
+"""The exceptions pyfork raises. Each also derives from the matching builtin."""
+
+from __future__ import annotations
+
+
+class PyforkError(Exception):
+    """Base class of every exception that pyfork raises."""
+
+
+class NotRegisteredError(PyforkError, LookupError):
+    """A function name or object that was never passed to register()."""
+
+
+class SpawnError(PyforkError, OSError):
+    """The child process could not be started.
+
+    ``errno`` and ``strerror`` describe the failure and ``filename`` is the
+    executable that pyfork tried to start.
+    """
+
+    def __str__(self) -> str:
+        return (
+            f"cannot start {self.filename!r}: {self.strerror} "
+            f"(errno {self.errno})"
+        )
+
+
+class ChildError(PyforkError):
+    """The forked function raised, or its child process failed.
+
+    Attributes:
+        pid: the child's process id.
+        name: the registered name of the function.
+        returncode: the exit code, or ``-N`` for a death by signal N.
+        remote_type: the qualified name of the exception the function
+            raised, or ``None``.
+        remote_message: ``str()`` of that exception, or ``None``.
+        remote_traceback: its formatted traceback, or ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        pid: int,
+        name: str,
+        returncode: int | None,
+        remote_type: str | None = None,
+        remote_message: str | None = None,
+        remote_traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.name = name
+        self.returncode = returncode
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+
+class TimeoutExpired(PyforkError, TimeoutError):
+    """A wait for a child timed out. The child keeps running."""
+
+    def __init__(self, pid: int, name: str, timeout: float) -> None:
+        super().__init__(
+            f"child {pid} running {name!r} did not exit within "
+            f"{timeout} seconds"
+        )
+        self.pid = pid
+        self.name = name
+        self.timeout = timeout

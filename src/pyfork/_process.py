@@ -1,0 +1,175 @@
+"""The handle of a started child: waiting, polling and signals."""
+
+from __future__ import annotations
+
+import _thread
+import os
+import time
+
+from ._errors import TimeoutExpired
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import TracebackType
+
+# Children whose handle was dropped before they were reaped, with their
+# unread payload paths. fork() and Process.__del__ reap them without
+# blocking.
+_orphans: list[tuple[int, str | None, tuple[int, int] | None]] = []
+_orphans_lock = _thread.allocate_lock()
+
+
+def _remove_unread_payload(
+    path: str | None, identity: tuple[int, int] | None
+) -> None:
+    """Remove a named payload file that the child never read.
+
+    The file is removed only while it is the one the parent created, so a
+    new file at the same path is left alone.
+    """
+    if path is None or identity is None:
+        return
+    try:
+        info = os.lstat(path)
+        if (info.st_dev, info.st_ino) == identity:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass  # the child read and removed it
+
+
+def reap_orphans() -> None:
+    """Reap dropped children that have exited, without blocking."""
+    if not _orphans:
+        return
+    with _orphans_lock:
+        running = []
+        for pid, path, identity in _orphans:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid  # reaped elsewhere
+            if done == 0:
+                running.append((pid, path, identity))
+            else:
+                _remove_unread_payload(path, identity)
+        _orphans[:] = running
+
+
+class Process:
+    """A child started by ``pyfork.fork()`` or ``Fork.start()``.
+
+    Attributes:
+        pid: the child's process id.
+        name: the registered name of the function it runs.
+        returncode: None while the child runs, then its exit code, or
+            ``-N`` when signal N killed it.
+    """
+
+    def __init__(
+        self,
+        pid: int,
+        name: str,
+        payload_path: str | None = None,
+        payload_identity: tuple[int, int] | None = None,
+    ) -> None:
+        self.pid = pid
+        self.name = name
+        self.returncode: int | None = None
+        self._payload_path = payload_path
+        self._payload_identity = payload_identity
+        self._wait_lock = _thread.allocate_lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"<pyfork.Process pid={self.pid} name={self.name!r} "
+            f"returncode={self.returncode}>"
+        )
+
+    def _reap(self, flags: int) -> int | None:
+        """Call waitpid() once. Requires ``_wait_lock``."""
+        if self.returncode is not None:
+            return self.returncode
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:
+            # Someone else reaped the child (SIGCHLD set to SIG_IGN, or a
+            # call to os.wait()), so its exit status is lost. 255 keeps
+            # that from reading as success.
+            pid, status = self.pid, 255 << 8
+        if pid == 0:
+            return None
+        self.returncode = os.waitstatus_to_exitcode(status)
+        _remove_unread_payload(self._payload_path, self._payload_identity)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        """Return the exit code if the child has exited, else None."""
+        if self.returncode is None and self._wait_lock.acquire(False):
+            try:
+                self._reap(os.WNOHANG)
+            finally:
+                self._wait_lock.release()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child to exit and return its exit code.
+
+        Raises TimeoutExpired when ``timeout`` seconds pass first. The
+        child keeps running then.
+        """
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is None:
+            with self._wait_lock:
+                returncode = self._reap(0)
+            assert returncode is not None
+            return returncode
+
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while True:
+            returncode = self.poll()
+            if returncode is not None:
+                return returncode
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutExpired(self.pid, self.name, timeout)
+            delay = min(delay * 2, remaining, 0.05)
+            time.sleep(delay)
+
+    def send_signal(self, signal: int) -> None:
+        """Send ``signal`` to the child, unless it has been reaped."""
+        # Until it is reaped the pid cannot belong to another process.
+        self.poll()
+        if self.returncode is None:
+            os.kill(self.pid, signal)
+
+    def terminate(self) -> None:
+        """Send SIGTERM to the child."""
+        import signal
+
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Send SIGKILL to the child."""
+        import signal
+
+        self.send_signal(signal.SIGKILL)
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.wait()
+
+    def __del__(self) -> None:
+        if self.returncode is None and self.poll() is None:
+            with _orphans_lock:
+                _orphans.append(
+                    (self.pid, self._payload_path, self._payload_identity)
+                )

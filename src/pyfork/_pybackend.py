@@ -1,0 +1,225 @@
+"""The ``python`` backend: the protocol with the standard library only.
+
+It speaks the same protocol as the ``c`` backend, and every function has
+the signature of its counterpart in ``_cbackend``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from ._protocol import (
+    CHECK_MESSAGES,
+    CHECK_LINKS,
+    CHECK_MODE,
+    CHECK_NOT_REGULAR,
+    CHECK_OWNER,
+    CHECK_SIZE,
+    HEADER_SIZE,
+    MARKER,
+    Marker,
+    PayloadError,
+    build_header,
+    check_header,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+_NO_FALLBACK_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
+
+def _make_named_file(directory: str) -> tuple[int, str]:
+    import tempfile
+
+    # mkstemp() opens with O_EXCL and O_NOFOLLOW, mode 0600, and os.open()
+    # sets close-on-exec.
+    return tempfile.mkstemp(prefix="pyfork-", dir=directory)
+
+
+def _write_all(fd: int, buffers: list[bytes]) -> None:
+    views = [memoryview(buffer) for buffer in buffers]
+    offset = 0
+    while views:
+        written = os.pwritev(fd, views, offset)
+        offset += written
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views:
+            views[0] = views[0][written:]
+
+
+def create_payload(
+    token: bytes, encoding: int, body: bytes, directory: str | None
+) -> tuple[int, str | None]:
+    """Create a payload file, write the payload, and return (fd, path).
+
+    With ``directory`` None the file is anonymous and the path is None.
+    Raises OSError with the directory as filename. Nothing remains then.
+    """
+    path: str | None = None
+    if directory is None:
+        try:
+            fd = os.memfd_create("pyfork", os.MFD_CLOEXEC)
+        except OSError as error:
+            if error.errno in _NO_FALLBACK_ERRNOS:
+                raise
+            import tempfile
+
+            fallback = tempfile.gettempdir()
+            fd, fallback_path = _make_named_file(fallback)
+            os.unlink(fallback_path)
+    else:
+        fd, path = _make_named_file(directory)
+
+    try:
+        header = build_header(token, encoding, len(body))
+        _write_all(fd, [header, body])
+    except OSError as error:
+        os.close(fd)
+        if path is not None:
+            os.unlink(path)
+        error.filename = path or directory
+        raise
+    return fd, path
+
+
+def remove_payload(path: str) -> None:
+    """Remove a named payload file. Raises OSError."""
+    os.unlink(path)
+
+
+def _inheritable_fds(keep_fds: Sequence[int]) -> list[int]:
+    """Return the inheritable fds above 2 that are not in ``keep_fds``."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd < 3 or fd in keep_fds:
+            continue
+        try:
+            if os.get_inheritable(fd):
+                found.append(fd)
+        except OSError:
+            continue  # the descriptor of the listing, closed by now
+    return found
+
+
+def spawn(
+    executable: str,
+    argv: Sequence[str],
+    marker: str,
+    env: Mapping[str, str] | None,
+    keep_fds: Sequence[int],
+) -> int:
+    """Start the child and return its pid. Raises OSError."""
+    import signal
+
+    child_env = dict(os.environ if env is None else env)
+    child_env[MARKER] = marker
+    actions: list[tuple[int, ...]] = [
+        (os.POSIX_SPAWN_DUP2, fd, fd) for fd in keep_fds
+    ]
+    actions.extend(
+        (os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds(keep_fds)
+    )
+    try:
+        return os.posix_spawn(
+            executable,
+            argv,
+            child_env,
+            file_actions=actions,
+            setsigmask=(),
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+        )
+    except OSError as error:
+        error.filename = executable
+        raise
+
+
+def take_marker() -> str | None:
+    """Read and remove the marker variable. Return None when it is unset."""
+    return os.environ.pop(MARKER, None)
+
+
+def _read_at(fd: int, size: int, offset: int, source: str) -> bytearray:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    done = 0
+    while done < size:
+        count = os.preadv(fd, [view[done:]], offset + done)
+        if count == 0:
+            raise PayloadError(f"{source} {CHECK_MESSAGES[CHECK_SIZE]}")
+        done += count
+    return buffer
+
+
+def _check_file(fd: int, named: bool, source: str) -> int:
+    """Check the file behind ``fd`` and return its size."""
+    import stat
+
+    info = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(info.st_mode):
+        problem = CHECK_NOT_REGULAR
+    elif info.st_uid != os.geteuid():
+        problem = CHECK_OWNER
+    elif named and info.st_mode & 0o077:
+        problem = CHECK_MODE
+    elif named and info.st_nlink != 1:
+        problem = CHECK_LINKS
+    if problem is not None:
+        raise PayloadError(f"{source} {CHECK_MESSAGES[problem]}")
+    return info.st_size
+
+
+def read_payload(marker: Marker) -> tuple[int, bytearray]:
+    """Open, check and read the payload. Return its encoding and body.
+
+    A named file is unlinked once it passes the checks, before the body
+    is read. Raises PayloadError.
+    """
+    named = marker.path is not None
+    if marker.path is not None:
+        source = f"payload file {marker.path}"
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(marker.path, flags)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise PayloadError(f"{source} is a symbolic link") from None
+            message = f"cannot open {source}: {error.strerror}"
+            raise PayloadError(message) from None
+    else:
+        assert marker.fd is not None
+        source = f"payload descriptor {marker.fd}"
+        fd = marker.fd
+
+    try:
+        size = _check_file(fd, named, source)
+        header = _read_at(fd, HEADER_SIZE, 0, source)
+        try:
+            encoding = check_header(header, marker.token, size)
+        except PayloadError as error:
+            raise PayloadError(f"{source} {error}") from None
+        if marker.path is not None:
+            try:
+                os.unlink(marker.path)
+            except OSError as error:
+                message = f"cannot remove {source}: {error.strerror}"
+                raise PayloadError(message) from None
+        return encoding, _read_at(fd, size - HEADER_SIZE, HEADER_SIZE, source)
+    except OSError as error:
+        message = f"cannot read {source}: {error.strerror}"
+        raise PayloadError(message) from None
+    finally:
+        _close_quietly(fd)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # an invalid inherited fd: the check above reported it
