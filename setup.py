@@ -1,4 +1,4 @@
-"""Build hook: compile pyfork._core with cffi. Metadata is in pyproject.toml."""
+"""Compile pyfork._core with cffi. pyproject.toml holds the metadata."""
 
 from setuptools import setup
 

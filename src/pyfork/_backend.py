@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 def _load_core() -> ModuleType:
     from . import _cbackend
 
-    if _cbackend.CORE_VERSION != __version__:
+    if __version__ != _cbackend.CORE_VERSION:
         message = (
             f"pyfork._core is version {_cbackend.CORE_VERSION}, but the "
             f"pyfork package is version {__version__}; reinstall pyfork "
@@ -36,9 +36,7 @@ class _StaleCoreError(ImportError):
 def _select() -> tuple[str, ModuleType]:
     requested = os.environ.get("PYFORK_BACKEND", "")
     if requested not in ("", "c", "python"):
-        message = (
-            f"PYFORK_BACKEND must be 'c' or 'python', not {requested!r}"
-        )
+        message = f"PYFORK_BACKEND must be 'c' or 'python', not {requested!r}"
         raise ImportError(message)
     if requested != "python":
         try:
@@ -49,7 +47,9 @@ def _select() -> tuple[str, ModuleType]:
             import warnings
 
             warnings.warn(
-                f"{error}; using the python backend", RuntimeWarning
+                f"{error}; using the python backend",
+                RuntimeWarning,
+                stacklevel=2,
             )
         except ImportError:
             if requested == "c":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 
-from . import _core  # type: ignore[attr-defined]
+from . import _core
 from ._protocol import (
     CHECK_MESSAGES,
     HEADER_SIZE,
@@ -143,9 +143,7 @@ def take_marker() -> str | None:
     updated to match.
     """
     buffer = ffi.new("char[]", _BUFFER_SIZE)
-    size = lib.pyfork_env_take_locked(
-        _MARKER_NAME, buffer, _BUFFER_SIZE
-    )
+    size = lib.pyfork_env_take_locked(_MARKER_NAME, buffer, _BUFFER_SIZE)
     err = ffi.errno
     os.environ.pop(MARKER, None)
     if size < 0:

@@ -1,4 +1,4 @@
-"""The exceptions pyfork raises. Each also derives from the matching builtin."""
+"""The exceptions of pyfork. Each derives from the matching builtin too."""
 
 from __future__ import annotations
 

@@ -22,7 +22,12 @@ _TRANSPORTS = ("fd", "path")
 _signatures: dict[Callable[..., Any], Signature] = {}
 
 
-def _bind(name: str, function: Callable[..., Any], args: Any, kwargs: Any):
+def _bind(
+    name: str,
+    function: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
     """Raise TypeError unless the arguments fit the function's signature."""
     signature = _signatures.get(function)
     if signature is None:
@@ -40,7 +45,9 @@ def _bind(name: str, function: Callable[..., Any], args: Any, kwargs: Any):
         raise TypeError(message) from None
 
 
-def _encode(name: str, args: Any, kwargs: Any, depth: int):
+def _encode(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], depth: int
+) -> tuple[int, bytes]:
     request = (name, args, kwargs, os.getcwd(), depth)
     try:
         return encode_body(request)
@@ -57,7 +64,9 @@ def _find_unpicklable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """Return a description of the first argument that fails to pickle."""
     import pickle
 
-    labelled = [(f"argument {i} ({arg!r:.60})", arg) for i, arg in enumerate(args)]
+    labelled = [
+        (f"argument {i} ({arg!r:.60})", arg) for i, arg in enumerate(args)
+    ]
     labelled += [
         (f"keyword argument {key!r} ({value!r:.60})", value)
         for key, value in kwargs.items()
@@ -96,9 +105,7 @@ class Fork:
             )
             raise TypeError(message)
         if transport not in _TRANSPORTS:
-            message = (
-                f"transport must be 'fd' or 'path', not {transport!r}"
-            )
+            message = f"transport must be 'fd' or 'path', not {transport!r}"
             raise ValueError(message)
         self.function = function
         self.transport = transport

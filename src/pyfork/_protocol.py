@@ -66,9 +66,7 @@ CHECK_SIZE = 8
 _MARSHAL_MAX_DEPTH = 100
 # Larger payloads go through pickle rather than a slow walk in Python.
 _MARSHAL_MAX_ITEMS = 10_000
-_MARSHAL_ATOMS = frozenset(
-    {type(None), bool, int, float, complex, str, bytes}
-)
+_MARSHAL_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
 class PayloadError(Exception):
@@ -129,7 +127,9 @@ def build_header(token: bytes, encoding: int, body_size: int) -> bytes:
     )
 
 
-def check_header(header: bytes, token: bytes, file_size: int) -> int:
+def check_header(
+    header: bytes | bytearray, token: bytes, file_size: int
+) -> int:
     """Return the body encoding, or raise PayloadError for a bad header."""
     if len(header) < HEADER_SIZE:
         raise PayloadError(CHECK_MESSAGES[CHECK_SIZE])
@@ -151,7 +151,7 @@ def _fits_marshal(value: object) -> bool:
     marshal writes any buffer (bytearray, memoryview, array) as bytes and
     accepts code objects, so only exact builtin types qualify.
     """
-    stack = [(value, 0)]
+    stack: list[tuple[Any, int]] = [(value, 0)]
     items = 0
     while stack:
         item, depth = stack.pop()
@@ -162,9 +162,9 @@ def _fits_marshal(value: object) -> bool:
         if kind in _MARSHAL_ATOMS:
             continue
         if kind is tuple or kind is list or kind is set or kind is frozenset:
-            stack.extend((child, depth + 1) for child in item)  # type: ignore[attr-defined]
+            stack.extend((child, depth + 1) for child in item)
         elif kind is dict:
-            for key, child in item.items():  # type: ignore[attr-defined]
+            for key, child in item.items():
                 stack.append((key, depth + 1))
                 stack.append((child, depth + 1))
         else:

@@ -10,8 +10,8 @@ import errno
 import os
 
 from ._protocol import (
-    CHECK_MESSAGES,
     CHECK_LINKS,
+    CHECK_MESSAGES,
     CHECK_MODE,
     CHECK_NOT_REGULAR,
     CHECK_OWNER,
@@ -128,7 +128,7 @@ def spawn(
     try:
         return os.posix_spawn(
             executable,
-            argv,
+            list(argv),
             child_env,
             file_actions=actions,
             setsigmask=(),

@@ -35,51 +35,54 @@ def parse_orig_argv(orig_argv: list[str]) -> _LaunchMode:
     ``-i`` is dropped from the options: the child must not open a prompt.
     """
     options: list[str] = []
-    i = 1
-    while i < len(orig_argv):
-        arg = orig_argv[i]
+    args = orig_argv[1:]
+    while args:
+        arg = args.pop(0)
         if arg == "-":
-            return _LaunchMode("stdin", options, orig_argv[i:])
+            return _LaunchMode("stdin", options, [arg, *args])
         if arg == "--":
-            kind = "script" if i + 1 < len(orig_argv) else "prompt"
-            return _LaunchMode(kind, options, orig_argv[i + 1 :])
+            return _LaunchMode("script" if args else "prompt", options, args)
         if not arg.startswith("-"):
-            return _LaunchMode("script", options, orig_argv[i:])
+            return _LaunchMode("script", options, [arg, *args])
         if arg.startswith("--"):
             options.append(arg)
-            if arg in _LONG_OPTIONS_WITH_ARGUMENT and i + 1 < len(orig_argv):
-                options.append(orig_argv[i + 1])
-                i += 1
-            i += 1
+            if arg in _LONG_OPTIONS_WITH_ARGUMENT and args:
+                options.append(args.pop(0))
             continue
-
-        for j in range(1, len(arg)):
-            letter = arg[j]
-            if letter in "cm":
-                kind = "command" if letter == "c" else "module"
-                flags = _strip_inspect(arg[:j])
-                if flags is not None:
-                    options.append(flags)
-                if j + 1 < len(arg):
-                    rest = ["-" + letter, arg[j + 1 :], *orig_argv[i + 1 :]]
-                else:
-                    rest = ["-" + letter, *orig_argv[i + 1 :]]
-                return _LaunchMode(kind, options, rest)
-            if letter in _OPTIONS_WITH_ARGUMENT:
-                flags = _strip_inspect(arg[:j])
-                if flags is not None:
-                    options.append(flags)
-                options.append(arg[j:])
-                if j + 1 == len(arg) and i + 1 < len(orig_argv):
-                    options.append(orig_argv[i + 1])
-                    i += 1
-                break
-        else:
-            flags = _strip_inspect(arg)
-            if flags is not None:
-                options.append(flags)
-        i += 1
+        mode = _parse_cluster(arg, args, options)
+        if mode is not None:
+            return mode
     return _LaunchMode("prompt", options, [])
+
+
+def _parse_cluster(
+    cluster: str, args: list[str], options: list[str]
+) -> _LaunchMode | None:
+    """Parse one token of short options, such as ``-OOu`` or ``-Wignore``.
+
+    Appends the options to ``options`` and takes an option's argument from
+    ``args`` when the token ends first. Returns the launch mode when the
+    token holds ``-c`` or ``-m``, else None.
+    """
+    for j, letter in enumerate(cluster[1:], start=1):
+        if letter not in "cm" + _OPTIONS_WITH_ARGUMENT:
+            continue
+        flags = _strip_inspect(cluster[:j])
+        if flags is not None:
+            options.append(flags)
+        attached = cluster[j + 1 :]
+        if letter in "cm":
+            kind = "command" if letter == "c" else "module"
+            program = ["-" + letter, *([attached] if attached else []), *args]
+            return _LaunchMode(kind, options, program)
+        options.append("-" + cluster[j:])
+        if not attached and args:
+            options.append(args.pop(0))
+        return None
+    flags = _strip_inspect(cluster)
+    if flags is not None:
+        options.append(flags)
+    return None
 
 
 def _absolute_script(script: str) -> str:

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     def register(name_or_function: str, function: F, /) -> F: ...
 
 
-def register(  # type: ignore[misc]
+def register(
     name_or_function: str | Callable[..., Any],
     function: Callable[..., Any] | None = None,
     /,
@@ -95,9 +95,9 @@ def register(  # type: ignore[misc]
     return target
 
 
-def lookup(name_or_function: str | Callable[..., Any]) -> tuple[
-    str, Callable[..., Any]
-]:
+def lookup(
+    name_or_function: str | Callable[..., Any],
+) -> tuple[str, Callable[..., Any]]:
     """Return the registered name and function for a name or a function.
 
     Raises NotRegisteredError when it was never registered.
