@@ -400,6 +400,12 @@ int pyfork_payload_write(int fd, const unsigned char *token, int encoding,
             next->iov_len -= written;
         }
     }
+    /* Drop what a longer, earlier record left beyond this one. */
+    while (ftruncate(fd, offset) != 0) {
+        if (errno != EINTR) {
+            return -1;
+        }
+    }
     return 0;
 }
 

@@ -100,8 +100,8 @@ int pyfork_payload_create_named(const char *dir, char *path,
                                 size_t path_size);
 
 /*
- * Write the payload header and `body` at offset 0 of `fd`, retrying
- * short writes and EINTR. Returns 0, or -1 with errno set.
+ * Replace the contents of `fd` with the payload header and `body`,
+ * retrying short writes and EINTR. Returns 0, or -1 with errno set.
  */
 int pyfork_payload_write(int fd, const unsigned char *token, int encoding,
                          const void *body, size_t body_size);

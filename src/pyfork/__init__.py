@@ -14,7 +14,7 @@ from ._errors import (
     SpawnError,
     TimeoutExpired,
 )
-from ._fork import Fork, fork
+from ._fork import DEFAULT_MAX_DEPTH, Fork, fork
 from ._process import Process
 from ._protocol import EXIT_NO_INIT, EXIT_START_FAILED
 from ._registry import register
@@ -22,6 +22,7 @@ from ._version import __version__
 
 __all__ = [
     "BACKEND",
+    "DEFAULT_MAX_DEPTH",
     "EXIT_NO_INIT",
     "EXIT_START_FAILED",
     "ChildError",

@@ -47,6 +47,41 @@ def _cstring_array(items: Sequence[bytes]) -> tuple[Any, list[Any]]:
     return ffi.new("char *[]", [*buffers, ffi.NULL]), buffers
 
 
+def create_anonymous_file() -> int:
+    """Create an empty anonymous file and return its close-on-exec fd.
+
+    Raises OSError with the fallback directory as filename.
+    """
+    fd = lib.pyfork_payload_create_anonymous(ffi.NULL)
+    if fd >= 0:
+        return int(fd)
+    if ffi.errno in _NO_FALLBACK_ERRNOS:
+        _raise_errno()
+    import tempfile
+
+    directory = tempfile.gettempdir()
+    fd = lib.pyfork_payload_create_anonymous(os.fsencode(directory))
+    if fd < 0:
+        _raise_errno(directory)
+    return int(fd)
+
+
+def write_record(fd: int, token: bytes, encoding: int, body: bytes) -> None:
+    """Replace the contents of ``fd`` with a header and ``body``."""
+    if lib.pyfork_payload_write(fd, token, encoding, body, len(body)) != 0:
+        _raise_errno()
+
+
+def read_record(fd: int, token: bytes) -> tuple[int, bytearray] | None:
+    """Read the record that a child wrote to its result file.
+
+    Returns None when the file is empty. Raises PayloadError.
+    """
+    if os.fstat(fd).st_size == 0:
+        return None
+    return _read_checked(fd, False, token, "result file", None)
+
+
 def create_payload(
     token: bytes, encoding: int, body: bytes, directory: str | None
 ) -> tuple[int, str | None]:
@@ -57,14 +92,7 @@ def create_payload(
     """
     path: str | None = None
     if directory is None:
-        fd = lib.pyfork_payload_create_anonymous(ffi.NULL)
-        if fd < 0 and ffi.errno not in _NO_FALLBACK_ERRNOS:
-            import tempfile
-
-            directory = tempfile.gettempdir()
-            fd = lib.pyfork_payload_create_anonymous(os.fsencode(directory))
-        if fd < 0:
-            _raise_errno(directory)
+        fd = create_anonymous_file()
     else:
         buffer = ffi.new("char[]", _BUFFER_SIZE)
         fd = lib.pyfork_payload_create_named(
@@ -174,25 +202,30 @@ def read_payload(marker: Marker) -> tuple[int, bytearray]:
         fd = marker.fd
 
     try:
-        info = ffi.new("struct pyfork_payload_info *")
-        status = lib.pyfork_payload_check(fd, named, marker.token, info)
-        _check_status(status, source)
-        if marker.path is not None and lib.pyfork_unlink(
-            os.fsencode(marker.path)
-        ):
-            err = ffi.errno
-            raise PayloadError(f"cannot remove {source}: {os.strerror(err)}")
-        body = bytearray(info.body_size)
-        status = lib.pyfork_read_at(
-            fd, ffi.from_buffer(body), len(body), HEADER_SIZE
-        )
-        _check_status(status, source)
-        return int(info.encoding), body
+        return _read_checked(fd, named, marker.token, source, marker.path)
     finally:
         try:
             os.close(fd)
         except OSError:
             pass  # an invalid inherited fd: the check above reported it
+
+
+def _read_checked(
+    fd: int, named: bool, token: bytes, source: str, path: str | None
+) -> tuple[int, bytearray]:
+    """Check the file behind ``fd``, unlink ``path``, and read the body."""
+    info = ffi.new("struct pyfork_payload_info *")
+    status = lib.pyfork_payload_check(fd, named, token, info)
+    _check_status(status, source)
+    if path is not None and lib.pyfork_unlink(os.fsencode(path)) != 0:
+        err = ffi.errno
+        raise PayloadError(f"cannot remove {source}: {os.strerror(err)}")
+    body = bytearray(info.body_size)
+    status = lib.pyfork_read_at(
+        fd, ffi.from_buffer(body), len(body), HEADER_SIZE
+    )
+    _check_status(status, source)
+    return int(info.encoding), body
 
 
 def _check_status(status: int, source: str) -> None:

@@ -16,14 +16,21 @@ from ._protocol import (
     EXIT_NO_INIT,
     EXIT_START_FAILED,
     MARKER,
+    RECORD_EXITED,
+    RECORD_RAISED,
+    RECORD_RETURNED,
+    RECORD_START_FAILED,
+    RECORD_STARTED,
     PayloadError,
     decode_body,
+    encode_body,
     parse_marker,
 )
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import TracebackType
     from typing import Any, NoReturn
 
 # Exit code of CPython when flushing stdout at exit fails.
@@ -32,6 +39,8 @@ _EXIT_FLUSH_FAILED = 120
 _initialized = False
 _started_by_pyfork = MARKER in os.environ
 _depth = 0
+# The fd and token of the result file, once the marker is read.
+_result_file: tuple[int, bytes] | None = None
 
 
 def is_child() -> bool:
@@ -76,10 +85,49 @@ def init() -> None:
         _dispatch()
 
 
-def _fail_start(message: str) -> NoReturn:
+def _report(message: str) -> None:
     sys.stderr.write(f"pyfork: child {os.getpid()}: {message}\n")
+
+
+def _fail_start(message: str) -> NoReturn:
+    _report(message)
+    _write_record((RECORD_START_FAILED, message))
     _flush_stdio()
     os._exit(EXIT_START_FAILED)
+
+
+def _write_record(record: tuple[Any, ...]) -> bool:
+    """Replace the contents of the result file with ``record``.
+
+    Returns False, after a message on stderr, when it cannot be written.
+    """
+    if _result_file is None:
+        return True
+    fd, token = _result_file
+    try:
+        encoding, body = encode_body(record)
+    except Exception as error:
+        _report(f"cannot pickle the result: {type(error).__name__}: {error}")
+        return False
+    try:
+        backend.write_record(fd, token, encoding, body)
+    except OSError as error:
+        _report(f"cannot write the result file: {error.strerror}")
+        return False
+    return True
+
+
+def _open_result_file(fd: int | None, token: bytes) -> None:
+    """Adopt the inherited result file, hidden from the child's children."""
+    global _result_file
+    if fd is None:
+        return
+    try:
+        os.set_inheritable(fd, False)
+    except OSError as error:
+        _report(f"result descriptor {fd} is unusable: {error.strerror}")
+        return
+    _result_file = (fd, token)
 
 
 def _read_request() -> tuple[str, tuple[Any, ...], dict[str, Any], str, int]:
@@ -88,6 +136,10 @@ def _read_request() -> tuple[str, tuple[Any, ...], dict[str, Any], str, int]:
         if value is None:
             raise PayloadError(f"{MARKER} disappeared before init()")
         marker = parse_marker(value)
+    except (PayloadError, OSError) as error:
+        _fail_start(f"invalid marker: {error}")
+    _open_result_file(marker.result_fd, marker.token)
+    try:
         encoding, body = backend.read_payload(marker)
     except (PayloadError, OSError) as error:
         _fail_start(f"cannot read the payload: {error}")
@@ -126,17 +178,20 @@ def _dispatch() -> NoReturn:
     except OSError as error:
         _fail_start(f"cannot change to the working directory: {error}")
     _depth = request_depth
+    _write_record((RECORD_STARTED,))
     _finish(_call(function, args, kwargs))
 
 
 def _call(
     function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> int:
-    """Run the function and return the exit code that its outcome gives."""
+    """Run the function, record its outcome, and return the exit code."""
     try:
-        function(*args, **kwargs)
+        value = function(*args, **kwargs)
     except SystemExit as exit_request:
-        return _system_exit_code(exit_request)
+        code = _system_exit_code(exit_request)
+        _write_record((RECORD_EXITED, code))
+        return code
     except KeyboardInterrupt:
         _exit_by_sigint()
     except BaseException as error:
@@ -145,8 +200,40 @@ def _call(
         if traceback is not None and traceback.tb_next is not None:
             traceback = traceback.tb_next
         sys.excepthook(type(error), error, traceback)
+        _write_record(_raised_record(error, traceback))
         return 1
-    return 0
+    if _write_record((RECORD_RETURNED, value)):
+        return 0
+    # The value cannot be pickled: report that as the function's failure.
+    try:
+        encode_body((value,))
+    except Exception as error:
+        _write_record(_raised_record(error, error.__traceback__))
+    return 1
+
+
+def _raised_record(
+    error: BaseException, traceback: TracebackType | None
+) -> tuple[Any, ...]:
+    """Describe an exception for the parent, with the exception pickled."""
+    import traceback as traceback_module
+
+    kind = type(error)
+    type_name = kind.__qualname__
+    if kind.__module__ != "builtins":
+        type_name = f"{kind.__module__}.{type_name}"
+    try:
+        message = str(error)
+    except Exception:
+        message = f"<str() of {type_name} failed>"
+    text = "".join(traceback_module.format_exception(kind, error, traceback))
+    try:
+        from _pickle import dumps
+
+        pickled: bytes | None = dumps(error, -1)
+    except Exception:
+        pickled = None  # the parent still gets the type, message and text
+    return (RECORD_RAISED, type_name, message, text, pickled)
 
 
 def _system_exit_code(exit_request: SystemExit) -> int:

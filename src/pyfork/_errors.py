@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 class PyforkError(Exception):
     """Base class of every exception that pyfork raises."""
@@ -29,6 +33,12 @@ class ChildError(PyforkError):
     """The forked function raised, or its child process failed.
 
     Attributes:
+        stage: where the child failed: ``"no_init"`` (it exited before it
+            reached ``pyfork.init()``), ``"start"`` (it could not start the
+            function), ``"raised"`` (the function raised), ``"exit"`` (the
+            function called ``sys.exit()`` with a non-zero code, or the
+            child exited without a result), ``"signal"`` (a signal killed
+            it) or ``"result"`` (its result could not be read).
         pid: the child's process id.
         name: the registered name of the function.
         returncode: the exit code, or ``-N`` for a death by signal N.
@@ -42,6 +52,7 @@ class ChildError(PyforkError):
         self,
         message: str,
         *,
+        stage: str,
         pid: int,
         name: str,
         returncode: int | None,
@@ -50,12 +61,16 @@ class ChildError(PyforkError):
         remote_traceback: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.stage = stage
         self.pid = pid
         self.name = name
         self.returncode = returncode
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 class TimeoutExpired(PyforkError, TimeoutError):
@@ -69,3 +84,27 @@ class TimeoutExpired(PyforkError, TimeoutError):
         self.pid = pid
         self.name = name
         self.timeout = timeout
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(
+    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
+) -> BaseException:
+    """Recreate an exception whose constructor takes keyword arguments."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
+
+# Tracebacks and pickles name the public module.
+for _class in (
+    PyforkError,
+    NotRegisteredError,
+    SpawnError,
+    ChildError,
+    TimeoutExpired,
+):
+    _class.__module__ = "pyfork"

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 _TRANSPORTS = ("fd", "path")
 
+#: Nesting depth allowed when PYFORK_MAX_DEPTH is unset: a child of the
+#: first parent is at depth 1.
+DEFAULT_MAX_DEPTH = 32
+
 _signatures: dict[Callable[..., Any], Signature] = {}
 
 
@@ -125,42 +129,133 @@ class Fork:
         reap_orphans()
         name, function = _registry.lookup(self.function)
         _bind(name, function, args, kwargs)
+        depth = _child_depth(name)
         executable, argv = child_command()
-        encoding, body = _encode(name, args, kwargs, _child.depth() + 1)
+        encoding, body = _encode(name, args, kwargs, depth)
         token = os.urandom(TOKEN_SIZE)
-        directory = None
-        if self.transport == "path":
-            import tempfile
+        directory = _payload_directory() if self.transport == "path" else None
 
-            directory = tempfile.gettempdir()
+        result_fd = _create_file(backend.create_anonymous_file, "result")
         try:
-            fd, path = backend.create_payload(token, encoding, body, directory)
-        except OSError as error:
-            where = directory if directory is not None else "memory"
-            message = (
-                f"cannot write the payload file in {where}: "
-                f"{error.strerror} (errno {error.errno})"
+            payload_fd, path = _create_file(
+                backend.create_payload,
+                "payload",
+                token,
+                encoding,
+                body,
+                directory,
             )
-            raise PyforkError(message) from error
-
-        try:
-            identity = None
-            if path is not None:
-                info = os.fstat(fd)
-                identity = (info.st_dev, info.st_ino)
-            marker = format_marker(token, None if path else fd, path)
-            keep_fds = () if path is not None else (fd,)
             try:
-                pid = backend.spawn(executable, argv, marker, None, keep_fds)
-            except OSError as error:
+                identity = None
                 if path is not None:
-                    backend.remove_payload(path)
-                raise SpawnError(
-                    error.errno, error.strerror, executable
-                ) from error
-        finally:
-            os.close(fd)
-        return Process(pid, name, path, identity)
+                    info = os.fstat(payload_fd)
+                    identity = (info.st_dev, info.st_ino)
+                pid = _spawn(
+                    executable,
+                    argv,
+                    token=token,
+                    payload_fd=payload_fd,
+                    path=path,
+                    result_fd=result_fd,
+                )
+            finally:
+                os.close(payload_fd)
+        except BaseException:
+            os.close(result_fd)
+            raise
+        return Process(
+            pid,
+            name,
+            token=token,
+            result_fd=result_fd,
+            payload_path=path,
+            payload_identity=identity,
+        )
+
+
+def _child_depth(name: str) -> int:
+    """Return the nesting depth of a new child, or raise over the limit."""
+    depth = _child.depth() + 1
+    setting = os.environ.get("PYFORK_MAX_DEPTH", "")
+    if not setting:
+        limit = DEFAULT_MAX_DEPTH
+    elif setting.isascii() and setting.isdigit() and int(setting) > 0:
+        limit = int(setting)
+    else:
+        message = (
+            f"PYFORK_MAX_DEPTH must be a positive integer, not {setting!r}"
+        )
+        raise PyforkError(message)
+    if depth > limit:
+        message = (
+            f"cannot fork {name!r}: the child would be nested {depth} "
+            f"levels deep, over the limit of {limit}. A function that "
+            "forks itself needs a base case; PYFORK_MAX_DEPTH raises the "
+            "limit"
+        )
+        raise PyforkError(message)
+    return depth
+
+
+def _payload_directory() -> str:
+    """Return the directory of named payload files, by tempfile's rules."""
+    import tempfile
+
+    try:
+        return tempfile.gettempdir()
+    except OSError as error:
+        message = (
+            "cannot create the payload file: no usable temporary directory "
+            f"({error.strerror}, errno {error.errno}); set TMPDIR to a "
+            "writable directory"
+        )
+        raise PyforkError(message) from error
+
+
+def _create_file(create: Callable[..., Any], what: str, *args: Any) -> Any:
+    """Call a backend's create function, turning OSError into PyforkError."""
+    try:
+        return create(*args)
+    except OSError as error:
+        where = error.filename if error.filename else "memory"
+        message = (
+            f"cannot create the {what} file in {where}: {error.strerror} "
+            f"(errno {error.errno})"
+        )
+        raise PyforkError(message) from error
+
+
+def _spawn(
+    executable: str,
+    argv: list[str],
+    *,
+    token: bytes,
+    payload_fd: int,
+    path: str | None,
+    result_fd: int,
+) -> int:
+    """Start the child and return its pid.
+
+    On failure, removes a named payload and raises SpawnError.
+    """
+    if path is None:
+        marker = format_marker(token, payload_fd, None, result_fd)
+        keep_fds: tuple[int, ...] = (payload_fd, result_fd)
+    else:
+        marker = format_marker(token, None, path, result_fd)
+        keep_fds = (result_fd,)
+    env = None
+    if "PYTHONINSPECT" in os.environ:
+        # The child must never open a prompt, as -i is dropped for it too.
+        env = dict(os.environ)
+        del env["PYTHONINSPECT"]
+    try:
+        pid: int = backend.spawn(executable, argv, marker, env, keep_fds)
+    except OSError as error:
+        if path is not None:
+            backend.remove_payload(path)
+        raise SpawnError(error.errno, error.strerror, executable) from error
+    return pid
 
 
 def fork(

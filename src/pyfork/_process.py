@@ -6,11 +6,18 @@ import _thread
 import os
 import time
 
+from ._backend import backend
 from ._errors import TimeoutExpired
+from ._outcome import Outcome, read_outcome
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import TracebackType
+    from typing import Any
+
+# Seconds that wait() gives a child to exit after Ctrl-C, as subprocess
+# does, before it re-raises KeyboardInterrupt.
+_SIGINT_GRACE = 0.25
 
 # Children whose handle was dropped before they were reaped, with their
 # unread payload paths. fork() and Process.__del__ reap them without
@@ -69,15 +76,22 @@ class Process:
         self,
         pid: int,
         name: str,
+        *,
+        token: bytes,
+        result_fd: int,
         payload_path: str | None = None,
         payload_identity: tuple[int, int] | None = None,
     ) -> None:
         self.pid = pid
         self.name = name
         self.returncode: int | None = None
+        self._token = token
+        self._result_fd: int | None = result_fd
+        self._outcome: Outcome | None = None
         self._payload_path = payload_path
         self._payload_identity = payload_identity
         self._wait_lock = _thread.allocate_lock()
+        self._result_lock = _thread.allocate_lock()
 
     def __repr__(self) -> str:
         return (
@@ -119,6 +133,19 @@ class Process:
         """
         if self.returncode is not None:
             return self.returncode
+        try:
+            return self._wait(timeout)
+        except KeyboardInterrupt:
+            # Ctrl-C reached the child too: reap it if it exits promptly,
+            # so it does not linger as a zombie, then let the parent stop.
+            if timeout is None or timeout > _SIGINT_GRACE:
+                try:
+                    self._wait(_SIGINT_GRACE)
+                except TimeoutExpired:
+                    pass
+            raise
+
+    def _wait(self, timeout: float | None) -> int:
         if timeout is None:
             with self._wait_lock:
                 returncode = self._reap(0)
@@ -136,6 +163,36 @@ class Process:
                 raise TimeoutExpired(self.pid, self.name, timeout)
             delay = min(delay * 2, remaining, 0.05)
             time.sleep(delay)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the child and return the function's return value.
+
+        Raises ChildError when the function raised, called ``sys.exit()``
+        with a non-zero code, or never ran, and when the child died by a
+        signal. Raises TimeoutExpired when ``timeout`` seconds pass first.
+        Later calls return the same value or raise an equal ChildError.
+        """
+        self.wait(timeout)
+        with self._result_lock:
+            if self._outcome is None:
+                self._outcome = self._read_outcome()
+        return self._outcome.unwrap()
+
+    def _read_outcome(self) -> Outcome:
+        assert self.returncode is not None
+        fd, self._result_fd = self._result_fd, None
+        assert fd is not None
+        try:
+            return read_outcome(
+                backend,
+                fd,
+                token=self._token,
+                pid=self.pid,
+                name=self.name,
+                returncode=self.returncode,
+            )
+        finally:
+            os.close(fd)
 
     def send_signal(self, signal: int) -> None:
         """Send ``signal`` to the child, unless it has been reaped."""
@@ -168,6 +225,9 @@ class Process:
         self.wait()
 
     def __del__(self) -> None:
+        if self._result_fd is not None:
+            os.close(self._result_fd)
+            self._result_fd = None
         if self.returncode is None and self.poll() is None:
             with _orphans_lock:
                 _orphans.append(

@@ -1,9 +1,11 @@
 """The protocol between a parent and the child that it starts.
 
 The marker is the environment variable ``PYFORK_CHILD``. Its value is
-``VERSION:TOKEN:fd:N`` when the payload is the inherited descriptor N, or
-``VERSION:TOKEN:path:PATH`` when it is a named file. TOKEN is 16 random
-bytes in hex, fresh for every fork, and the payload header repeats it.
+``VERSION:TOKEN:RESULT:fd:N`` when the payload is the inherited
+descriptor N, or ``VERSION:TOKEN:RESULT:path:PATH`` when it is a named
+file. TOKEN is 16 random bytes in hex, fresh for every fork, and the
+payload header repeats it. RESULT is the inherited descriptor of the
+result file, or empty when the parent wants no result.
 
 The payload file is a 32-byte header (magic ``PYFORK``, protocol version,
 body encoding, token, body size as an unsigned 64-bit little-endian
@@ -11,6 +13,13 @@ integer) followed by the body. The body is the tuple
 ``(name, args, kwargs, cwd, depth)``, encoded with marshal when it holds
 only values of exact builtin types, and with pickle otherwise. marshal
 needs no import in the child, while ``_pickle`` costs about 2.5 ms there.
+
+The result file is an anonymous file that the parent creates and the
+child inherits. The child writes a record there, with the same header
+and token: ``("started",)`` before it calls the function, then one of
+``("returned", value)``, ``("exited", code)``, ``("raised", type_name,
+message, traceback_text, pickled_exception)`` or
+``("start_failed", message)``, each replacing the one before.
 
 This module runs in every child before the function, so it imports
 nothing beyond what the interpreter loads at start-up.
@@ -76,27 +85,45 @@ class PayloadError(Exception):
 class Marker:
     """The parsed value of the marker variable."""
 
-    __slots__ = ("fd", "path", "token")
+    __slots__ = ("fd", "path", "result_fd", "token")
 
-    def __init__(self, token: bytes, fd: int | None, path: str | None):
+    def __init__(
+        self,
+        token: bytes,
+        fd: int | None,
+        path: str | None,
+        result_fd: int | None = None,
+    ) -> None:
         self.token = token
         self.fd = fd
         self.path = path
+        self.result_fd = result_fd
 
 
-def format_marker(token: bytes, fd: int | None, path: str | None) -> str:
+def format_marker(
+    token: bytes,
+    fd: int | None,
+    path: str | None,
+    result_fd: int | None = None,
+) -> str:
     """Return the marker value that points a child at its payload."""
+    result = "" if result_fd is None else str(result_fd)
+    prefix = f"{PROTOCOL_VERSION}:{token.hex()}:{result}"
     if path is not None:
-        return f"{PROTOCOL_VERSION}:{token.hex()}:path:{path}"
-    return f"{PROTOCOL_VERSION}:{token.hex()}:fd:{fd}"
+        return f"{prefix}:path:{path}"
+    return f"{prefix}:fd:{fd}"
+
+
+def _is_fd(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def parse_marker(value: str) -> Marker:
     """Parse a marker value. Raise PayloadError if it is invalid."""
-    parts = value.split(":", 3)
-    if len(parts) != 4:
+    parts = value.split(":", 4)
+    if len(parts) != 5:
         raise PayloadError(f"invalid marker {value!r}")
-    version, token_hex, kind, reference = parts
+    version, token_hex, result, kind, reference = parts
     if version != str(PROTOCOL_VERSION):
         raise PayloadError(
             f"marker {value!r} is for protocol version {version}, but this "
@@ -108,10 +135,13 @@ def parse_marker(value: str) -> Marker:
         token = b""
     if len(token) != TOKEN_SIZE:
         raise PayloadError(f"invalid token in marker {value!r}")
-    if kind == "fd" and reference.isdigit() and reference.isascii():
-        return Marker(token, int(reference), None)
+    if result and not _is_fd(result):
+        raise PayloadError(f"invalid result descriptor in marker {value!r}")
+    result_fd = int(result) if result else None
+    if kind == "fd" and _is_fd(reference):
+        return Marker(token, int(reference), None, result_fd)
     if kind == "path" and reference.startswith("/"):
-        return Marker(token, None, reference)
+        return Marker(token, None, reference, result_fd)
     raise PayloadError(f"invalid payload reference in marker {value!r}")
 
 
@@ -173,15 +203,25 @@ def _fits_marshal(value: object) -> bool:
 
 
 def encode_body(request: tuple[Any, ...]) -> tuple[int, bytes]:
-    """Encode a request tuple. Return the encoding and the body.
+    """Encode a request or a record. Return the encoding and the body.
 
     Raises whatever pickle raises for a value that cannot be pickled.
     """
     if _fits_marshal(request):
         return ENCODING_MARSHAL, marshal.dumps(request)
-    from pickle import HIGHEST_PROTOCOL, dumps
+    try:
+        from _pickle import dumps
+    except ImportError:  # pragma: no cover - CPython always has _pickle
+        from pickle import dumps
+    # Protocol -1 is the highest that this interpreter supports.
+    return ENCODING_PICKLE, dumps(request, protocol=-1)
 
-    return ENCODING_PICKLE, dumps(request, protocol=HIGHEST_PROTOCOL)
+
+RECORD_STARTED = "started"
+RECORD_RETURNED = "returned"
+RECORD_EXITED = "exited"
+RECORD_RAISED = "raised"
+RECORD_START_FAILED = "start_failed"
 
 
 def decode_body(encoding: int, body: bytes | bytearray) -> object:

@@ -52,6 +52,49 @@ def _write_all(fd: int, buffers: list[bytes]) -> None:
             views[0] = views[0][written:]
 
 
+def create_anonymous_file() -> int:
+    """Create an empty anonymous file and return its close-on-exec fd.
+
+    Raises OSError with the fallback directory as filename.
+    """
+    try:
+        return os.memfd_create("pyfork", os.MFD_CLOEXEC)
+    except OSError as error:
+        if error.errno in _NO_FALLBACK_ERRNOS:
+            raise
+    import tempfile
+
+    directory = tempfile.gettempdir()
+    try:
+        fd, path = _make_named_file(directory)
+        os.unlink(path)
+    except OSError as error:
+        error.filename = directory
+        raise
+    return fd
+
+
+def write_record(fd: int, token: bytes, encoding: int, body: bytes) -> None:
+    """Replace the contents of ``fd`` with a header and ``body``."""
+    header = build_header(token, encoding, len(body))
+    _write_all(fd, [header, body])
+    os.ftruncate(fd, len(header) + len(body))
+
+
+def read_record(fd: int, token: bytes) -> tuple[int, bytearray] | None:
+    """Read the record that a child wrote to its result file.
+
+    Returns None when the file is empty. Raises PayloadError.
+    """
+    if os.fstat(fd).st_size == 0:
+        return None
+    try:
+        return _read_checked(fd, False, token, "result file", None)
+    except OSError as error:
+        message = f"cannot read result file: {error.strerror}"
+        raise PayloadError(message) from None
+
+
 def create_payload(
     token: bytes, encoding: int, body: bytes, directory: str | None
 ) -> tuple[int, str | None]:
@@ -62,16 +105,7 @@ def create_payload(
     """
     path: str | None = None
     if directory is None:
-        try:
-            fd = os.memfd_create("pyfork", os.MFD_CLOEXEC)
-        except OSError as error:
-            if error.errno in _NO_FALLBACK_ERRNOS:
-                raise
-            import tempfile
-
-            fallback = tempfile.gettempdir()
-            fd, fallback_path = _make_named_file(fallback)
-            os.unlink(fallback_path)
+        fd = create_anonymous_file()
     else:
         fd, path = _make_named_file(directory)
 
@@ -198,24 +232,31 @@ def read_payload(marker: Marker) -> tuple[int, bytearray]:
         fd = marker.fd
 
     try:
-        size = _check_file(fd, named, source)
-        header = _read_at(fd, HEADER_SIZE, 0, source)
-        try:
-            encoding = check_header(header, marker.token, size)
-        except PayloadError as error:
-            raise PayloadError(f"{source} {error}") from None
-        if marker.path is not None:
-            try:
-                os.unlink(marker.path)
-            except OSError as error:
-                message = f"cannot remove {source}: {error.strerror}"
-                raise PayloadError(message) from None
-        return encoding, _read_at(fd, size - HEADER_SIZE, HEADER_SIZE, source)
+        return _read_checked(fd, named, marker.token, source, marker.path)
     except OSError as error:
         message = f"cannot read {source}: {error.strerror}"
         raise PayloadError(message) from None
     finally:
         _close_quietly(fd)
+
+
+def _read_checked(
+    fd: int, named: bool, token: bytes, source: str, path: str | None
+) -> tuple[int, bytearray]:
+    """Check the file behind ``fd``, unlink ``path``, and read the body."""
+    size = _check_file(fd, named, source)
+    header = _read_at(fd, min(size, HEADER_SIZE), 0, source)
+    try:
+        encoding = check_header(header, token, size)
+    except PayloadError as error:
+        raise PayloadError(f"{source} {error}") from None
+    if path is not None:
+        try:
+            os.unlink(path)
+        except OSError as error:
+            message = f"cannot remove {source}: {error.strerror}"
+            raise PayloadError(message) from None
+    return encoding, _read_at(fd, size - HEADER_SIZE, HEADER_SIZE, source)
 
 
 def _close_quietly(fd: int) -> None:
