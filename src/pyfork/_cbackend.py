@@ -138,8 +138,18 @@ def spawn(
     marker: str,
     env: Mapping[str, str] | None,
     keep_fds: Sequence[int],
+    *,
+    setsid: bool = False,
+    pgroup: int | None = None,
 ) -> int:
-    """Start the child and return its pid. Raises OSError."""
+    """Start the child and return its pid. Raises OSError.
+
+    ``setsid`` starts a new session; ``pgroup`` is the process group to
+    join, 0 for a new one, or None to stay in the parent's.
+    """
+    flags = lib.PYFORK_SPAWN_SETSID if setsid else 0
+    if pgroup is not None:
+        flags |= lib.PYFORK_SPAWN_SETPGROUP
     c_argv, _buffers = _cstring_array([os.fsencode(arg) for arg in argv])
     entry = _MARKER_NAME + b"=" + os.fsencode(marker)
     block = _environment_block(env, entry)
@@ -154,8 +164,8 @@ def spawn(
             keep,
             len(keep_fds),
             ffi.NULL,
-            0,
-            0,
+            flags,
+            pgroup or 0,
         )
         if status != 0:
             _raise_errno(executable)

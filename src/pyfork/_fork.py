@@ -13,7 +13,7 @@ from ._reexec import child_command
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Mapping
     from inspect import Signature
     from typing import Any
 
@@ -50,9 +50,13 @@ def _bind(
 
 
 def _encode(
-    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], depth: int
+    name: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    cwd: str,
+    depth: int,
 ) -> tuple[int, bytes]:
-    request = (name, args, kwargs, os.getcwd(), depth)
+    request = (name, args, kwargs, cwd, depth)
     try:
         return encode_body(request)
     except Exception as error:
@@ -90,16 +94,32 @@ class Fork:
     name or by the function object) and holds the options. ``start()``
     starts one child with the given arguments, and can run many times.
 
-    ``transport`` selects how the arguments reach the child: ``"fd"`` (the
-    default) passes an anonymous file as an inherited descriptor, so
-    nothing ever exists on disk; ``"path"`` writes a named file with mode
-    0600 in the temporary directory, which the child checks and removes.
+    Options:
+        env: a mapping that replaces the child's environment; the marker
+            is still added, and removed again by the child.
+        cwd: the directory the function runs in; the parent's working
+            directory at fork time when None.
+        pass_fds: descriptors that the child keeps, at the same numbers.
+            Every other descriptor above 2 is closed in the child.
+        start_new_session: start the child in a new session (setsid).
+        process_group: the process group to put the child in, 0 for a
+            new group led by the child, or None for the parent's group.
+        transport: how the arguments reach the child. ``"fd"`` (the
+            default) passes an anonymous file as an inherited descriptor,
+            so nothing ever exists on disk. ``"path"`` writes a named
+            file with mode 0600 in the temporary directory, which the
+            child checks and removes.
     """
 
     def __init__(
         self,
         function: str | Callable[..., Any],
         *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        pass_fds: Iterable[int] = (),
+        start_new_session: bool = False,
+        process_group: int | None = None,
         transport: str = "fd",
     ) -> None:
         if not isinstance(function, str) and not callable(function):
@@ -112,6 +132,11 @@ class Fork:
             message = f"transport must be 'fd' or 'path', not {transport!r}"
             raise ValueError(message)
         self.function = function
+        self.env = _check_env(env)
+        self.cwd = None if cwd is None else os.fspath(cwd)
+        self.pass_fds = _check_fds(pass_fds)
+        self.start_new_session = bool(start_new_session)
+        self.process_group = _check_process_group(process_group)
         self.transport = transport
 
     def __repr__(self) -> str:
@@ -131,7 +156,9 @@ class Fork:
         _bind(name, function, args, kwargs)
         depth = _child_depth(name)
         executable, argv = child_command()
-        encoding, body = _encode(name, args, kwargs, depth)
+        cwd = _check_cwd(self.cwd)
+        _check_open(self.pass_fds)
+        encoding, body = _encode(name, args, kwargs, cwd, depth)
         token = os.urandom(TOKEN_SIZE)
         directory = _payload_directory() if self.transport == "path" else None
 
@@ -150,7 +177,7 @@ class Fork:
                 if path is not None:
                     info = os.fstat(payload_fd)
                     identity = (info.st_dev, info.st_ino)
-                pid = _spawn(
+                pid = self._spawn(
                     executable,
                     argv,
                     token=token,
@@ -171,6 +198,111 @@ class Fork:
             payload_path=path,
             payload_identity=identity,
         )
+
+    def _spawn(
+        self,
+        executable: str,
+        argv: list[str],
+        *,
+        token: bytes,
+        payload_fd: int,
+        path: str | None,
+        result_fd: int,
+    ) -> int:
+        """Start the child and return its pid.
+
+        On failure, removes a named payload and raises SpawnError.
+        """
+        if path is None:
+            marker = format_marker(token, payload_fd, None, result_fd)
+            keep_fds = (payload_fd, result_fd, *self.pass_fds)
+        else:
+            marker = format_marker(token, None, path, result_fd)
+            keep_fds = (result_fd, *self.pass_fds)
+        env = self.env
+        if "PYTHONINSPECT" in (os.environ if env is None else env):
+            # The child must never open a prompt, as -i is dropped for it too.
+            env = dict(os.environ if env is None else env)
+            del env["PYTHONINSPECT"]
+        try:
+            pid: int = backend.spawn(
+                executable,
+                argv,
+                marker,
+                env,
+                keep_fds,
+                setsid=self.start_new_session,
+                pgroup=self.process_group,
+            )
+        except OSError as error:
+            if path is not None:
+                backend.remove_payload(path)
+            raise SpawnError(
+                error.errno, error.strerror, executable
+            ) from error
+        return pid
+
+
+def _check_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    """Return a copy of ``env``, or raise for a key or value it cannot use."""
+    if env is None:
+        return None
+    checked = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            message = (
+                f"env keys and values must be str, not {key!r}: {value!r}"
+            )
+            raise TypeError(message)
+        if not key or "=" in key or "\0" in key or "\0" in value:
+            message = f"invalid environment variable {key!r}={value!r}"
+            raise ValueError(message)
+        checked[key] = value
+    return checked
+
+
+def _check_fds(fds: Iterable[int]) -> tuple[int, ...]:
+    """Return ``fds`` as a sorted tuple, or raise for an invalid one."""
+    checked = set()
+    for fd in fds:
+        if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
+            message = f"pass_fds must hold non-negative ints, not {fd!r}"
+            raise ValueError(message)
+        checked.add(fd)
+    return tuple(sorted(checked))
+
+
+def _check_open(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        try:
+            os.fstat(fd)
+        except OSError as error:
+            message = f"pass_fds: descriptor {fd} is not open"
+            raise PyforkError(message) from error
+
+
+def _check_process_group(process_group: int | None) -> int | None:
+    if process_group is None:
+        return None
+    if not isinstance(process_group, int) or process_group < 0:
+        message = (
+            "process_group must be None, 0 or a process group id, "
+            f"not {process_group!r}"
+        )
+        raise ValueError(message)
+    return process_group
+
+
+def _check_cwd(cwd: str | None) -> str:
+    """Return the absolute working directory of the function."""
+    current = os.getcwd()
+    if cwd is None:
+        return current
+    directory = os.path.join(current, cwd)
+    if not os.path.isdir(directory):
+        message = f"cwd {cwd!r} is not a directory; create it or fix the path"
+        raise PyforkError(message)
+    return directory
 
 
 def _child_depth(name: str) -> int:
@@ -223,39 +355,6 @@ def _create_file(create: Callable[..., Any], what: str, *args: Any) -> Any:
             f"(errno {error.errno})"
         )
         raise PyforkError(message) from error
-
-
-def _spawn(
-    executable: str,
-    argv: list[str],
-    *,
-    token: bytes,
-    payload_fd: int,
-    path: str | None,
-    result_fd: int,
-) -> int:
-    """Start the child and return its pid.
-
-    On failure, removes a named payload and raises SpawnError.
-    """
-    if path is None:
-        marker = format_marker(token, payload_fd, None, result_fd)
-        keep_fds: tuple[int, ...] = (payload_fd, result_fd)
-    else:
-        marker = format_marker(token, None, path, result_fd)
-        keep_fds = (result_fd,)
-    env = None
-    if "PYTHONINSPECT" in os.environ:
-        # The child must never open a prompt, as -i is dropped for it too.
-        env = dict(os.environ)
-        del env["PYTHONINSPECT"]
-    try:
-        pid: int = backend.spawn(executable, argv, marker, env, keep_fds)
-    except OSError as error:
-        if path is not None:
-            backend.remove_payload(path)
-        raise SpawnError(error.errno, error.strerror, executable) from error
-    return pid
 
 
 def fork(

@@ -27,6 +27,7 @@ from ._protocol import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+    from typing import Any
 
 _NO_FALLBACK_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
@@ -147,8 +148,15 @@ def spawn(
     marker: str,
     env: Mapping[str, str] | None,
     keep_fds: Sequence[int],
+    *,
+    setsid: bool = False,
+    pgroup: int | None = None,
 ) -> int:
-    """Start the child and return its pid. Raises OSError."""
+    """Start the child and return its pid. Raises OSError.
+
+    ``setsid`` starts a new session; ``pgroup`` is the process group to
+    join, 0 for a new one, or None to stay in the parent's.
+    """
     import signal
 
     child_env = dict(os.environ if env is None else env)
@@ -159,6 +167,9 @@ def spawn(
     actions.extend(
         (os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds(keep_fds)
     )
+    options: dict[str, Any] = {}
+    if pgroup is not None:
+        options["setpgroup"] = pgroup
     try:
         return os.posix_spawn(
             executable,
@@ -167,6 +178,8 @@ def spawn(
             file_actions=actions,
             setsigmask=(),
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
+            setsid=setsid,
+            **options,
         )
     except OSError as error:
         error.filename = executable
