@@ -685,6 +685,19 @@ def test_payload_write_layout(opened_fds: list[int]) -> None:
     assert os.pread(fd, len(expected) + 1, 0) == expected
 
 
+def test_payload_write_replaces_contents(opened_fds: list[int]) -> None:
+    """A shorter payload written over a longer one leaves no trailing bytes."""
+    fd = lib.pyfork_payload_create_anonymous(ffi.NULL)
+    assert fd >= 0, os.strerror(ffi.errno)
+    opened_fds.append(fd)
+    _write_payload(fd, BODY * 10)
+
+    _write_payload(fd, BODY)
+
+    assert os.fstat(fd).st_size == 32 + len(BODY)
+    assert _check(fd, named=0) == 0
+
+
 def test_payload_write_closed_fd_ebadf() -> None:
     """Writing to an fd that is not open fails with EBADF."""
     fd = os.open(os.devnull, os.O_RDONLY)
