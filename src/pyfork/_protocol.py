@@ -115,7 +115,8 @@ def format_marker(
 
 
 def _is_fd(text: str) -> bool:
-    return text.isascii() and text.isdigit()
+    # A descriptor is a C int, so at most 2**31 - 1.
+    return text.isascii() and text.isdigit() and int(text) < 2**31
 
 
 def parse_marker(value: str) -> Marker:

@@ -108,7 +108,11 @@ def create_payload(
     if directory is None:
         fd = create_anonymous_file()
     else:
-        fd, path = _make_named_file(directory)
+        try:
+            fd, path = _make_named_file(directory)
+        except OSError as error:
+            error.filename = directory
+            raise
 
     try:
         header = build_header(token, encoding, len(body))
