@@ -6,12 +6,31 @@ to compile with -Werror, as CI does.
 
 import os
 import pathlib
+import platform
 import re
+import sys
+import sysconfig
 
 from cffi import FFI
 
 CSRC = pathlib.Path(__file__).resolve().parent
 VERSION_FILE = CSRC.parent / "src" / "pyfork" / "_version.py"
+
+# The oldest CPython whose stable ABI the core is compiled against, as a
+# wheel tag (setup.py tags the wheel with it) and as a Py_LIMITED_API
+# value. One cp310-abi3 wheel then installs on every CPython from 3.10 on.
+LIMITED_API_TAG = "cp310"
+LIMITED_API_HEX = "0x030A0000"
+
+# Debug builds (sys.gettotalrefcount exists) and free-threaded builds
+# (Py_GIL_DISABLED) cannot use the limited API, and PyPy has its own ABI.
+# Those get a core for the running interpreter only, as cffi does by
+# default.
+STABLE_ABI = (
+    platform.python_implementation() == "CPython"
+    and not hasattr(sys, "gettotalrefcount")
+    and not sysconfig.get_config_var("Py_GIL_DISABLED")
+)
 
 
 def read_version() -> str:
@@ -72,6 +91,12 @@ compile_args = ["-std=c11", "-Wall", "-Wextra"]
 if os.environ.get("PYFORK_STRICT_BUILD") == "1":
     compile_args.append("-Werror")
 
+macros = [("PYFORK_VERSION", f'"{read_version()}"')]
+if STABLE_ABI:
+    # Defined here, Py_LIMITED_API overrides the 3.2 level that cffi
+    # would pick, so the core's ABI level matches the wheel tag.
+    macros.append(("Py_LIMITED_API", LIMITED_API_HEX))
+
 ffibuilder = FFI()
 ffibuilder.cdef("typedef int... pid_t;\n" + read_cdef() + GIL_WRAPPERS_CDEF)
 ffibuilder.set_source(
@@ -81,9 +106,12 @@ ffibuilder.set_source(
     # source paths.
     sources=["csrc/pyfork_core.c"],
     include_dirs=["csrc"],
-    define_macros=[("PYFORK_VERSION", f'"{read_version()}"')],
+    define_macros=macros,
     extra_compile_args=compile_args,
     libraries=["dl"],
+    # True names the file _core.abi3.so, False makes cffi leave
+    # Py_LIMITED_API undefined.
+    py_limited_api=STABLE_ABI,
 )
 
 if __name__ == "__main__":

@@ -178,13 +178,25 @@ static int close_inheritable_by_scan(posix_spawn_file_actions_t *actions,
 }
 
 /*
- * Add the actions that leave the child with fds 0-2 and `keep_fds` only.
- * Close-on-exec fds close by themselves, so only inheritable ones need an
- * action. Returns 0 or an error number.
+ * Add the actions that give the child its stdio and leave it with fds 0-2
+ * and `keep_fds` only. Close-on-exec fds close by themselves, so only
+ * inheritable ones need an action. Returns 0 or an error number.
  */
 static int add_fd_actions(posix_spawn_file_actions_t *actions,
-                          const int *keep_fds, size_t n_keep_fds)
+                          const int stdio[3], const int *keep_fds,
+                          size_t n_keep_fds)
 {
+    for (int target = 0; target < 3; target++) {
+        /* The caller moves sources in 0-2 out of the way first. */
+        if (stdio[target] >= 0) {
+            int error = posix_spawn_file_actions_adddup2(
+                actions, stdio[target], target);
+            if (error != 0) {
+                return error;
+            }
+        }
+    }
+
     int max_kept = 2;
     for (size_t i = 0; i < n_keep_fds; i++) {
         int fd = keep_fds[i];
@@ -247,8 +259,8 @@ static int set_spawn_attributes(posix_spawnattr_t *attr, int flags,
 }
 
 int pyfork_spawn(pid_t *pid, const char *path, char *const argv[],
-                 char *const envp[], const int *keep_fds, size_t n_keep_fds,
-                 const char *cwd, int flags, pid_t pgroup)
+                 char *const envp[],
+                 const struct pyfork_spawn_options *options)
 {
     posix_spawn_file_actions_t actions;
     posix_spawnattr_t attr;
@@ -265,13 +277,14 @@ int pyfork_spawn(pid_t *pid, const char *path, char *const argv[],
         return -1;
     }
 
-    error = add_fd_actions(&actions, keep_fds, n_keep_fds);
-    if (error == 0 && cwd != NULL) {
+    error = add_fd_actions(&actions, options->stdio, options->keep_fds,
+                           options->n_keep_fds);
+    if (error == 0 && options->cwd != NULL) {
         addchdir_fn addchdir = lookup_addchdir();
-        error = addchdir != NULL ? addchdir(&actions, cwd) : ENOSYS;
+        error = addchdir != NULL ? addchdir(&actions, options->cwd) : ENOSYS;
     }
     if (error == 0) {
-        error = set_spawn_attributes(&attr, flags, pgroup);
+        error = set_spawn_attributes(&attr, options->flags, options->pgroup);
     }
     if (error == 0) {
         error = posix_spawn(pid, path, &actions, &attr, argv, envp);

@@ -65,22 +65,34 @@ void pyfork_env_free(char **env);
  */
 ssize_t pyfork_env_take(const char *name, char *buf, size_t size);
 
+/* What pyfork_spawn() sets up in the child besides argv and envp. */
+struct pyfork_spawn_options {
+    /* Fds the child keeps at the same numbers, even close-on-exec ones. */
+    const int *keep_fds;
+    size_t n_keep_fds;
+    /* Fds that become the child's 0, 1 and 2; -1 keeps the parent's. */
+    int stdio[3];
+    /* The directory the child starts in, or NULL for the parent's. */
+    const char *cwd;
+    /* PYFORK_SPAWN_* flags. */
+    int flags;
+    /* The process group for PYFORK_SPAWN_SETPGROUP; 0 makes a new one. */
+    pid_t pgroup;
+};
+
 /*
- * Start `path` with `argv` and `envp` through posix_spawn().
- * The child keeps fds 0-2 and the fds in `keep_fds` at the same numbers,
- * even where those are close-on-exec in the parent. Every other
- * inheritable fd is closed in the child. The child starts with an empty
- * signal mask and default SIGPIPE and SIGXFSZ dispositions, in `cwd`
- * when it is not NULL, in a new session with PYFORK_SPAWN_SETSID, and in
- * process group `pgroup` with PYFORK_SPAWN_SETPGROUP.
+ * Start `path` with `argv` and `envp` through posix_spawn(), set up as
+ * `options` says. Every inheritable fd other than 0-2 and the kept fds is
+ * closed in the child. The child starts with an empty signal mask and
+ * default SIGPIPE and SIGXFSZ dispositions.
  * Stores the child's pid in `*pid` and returns 0, or returns -1 with
- * errno set (ENOSYS when `cwd` needs a glibc older than 2.29 lacks).
+ * errno set (ENOSYS when `cwd` is set but glibc is older than 2.29).
  * Allocates nothing that outlives the call and is safe to call from
  * several threads at once.
  */
 int pyfork_spawn(pid_t *pid, const char *path, char *const argv[],
-                 char *const envp[], const int *keep_fds, size_t n_keep_fds,
-                 const char *cwd, int flags, pid_t pgroup);
+                 char *const envp[],
+                 const struct pyfork_spawn_options *options);
 
 /*
  * Create an anonymous payload file open for reading and writing, with

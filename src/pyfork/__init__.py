@@ -18,13 +18,17 @@ from ._fork import DEFAULT_MAX_DEPTH, Fork, fork
 from ._process import Process
 from ._protocol import EXIT_NO_INIT, EXIT_START_FAILED
 from ._registry import register
+from ._stdio import DEVNULL, PIPE, STDOUT
 from ._version import __version__
 
 __all__ = [
     "BACKEND",
     "DEFAULT_MAX_DEPTH",
+    "DEVNULL",
     "EXIT_NO_INIT",
     "EXIT_START_FAILED",
+    "PIPE",
+    "STDOUT",
     "ChildError",
     "Fork",
     "NotRegisteredError",

@@ -18,6 +18,7 @@ from ._protocol import (
     Marker,
     PayloadError,
 )
+from ._reexec import wrap_chdir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -139,39 +140,63 @@ def spawn(
     env: Mapping[str, str] | None,
     keep_fds: Sequence[int],
     *,
+    stdio: Sequence[int] = (-1, -1, -1),
+    cwd: str | None = None,
     setsid: bool = False,
     pgroup: int | None = None,
 ) -> int:
     """Start the child and return its pid. Raises OSError.
 
-    ``setsid`` starts a new session; ``pgroup`` is the process group to
-    join, 0 for a new one, or None to stay in the parent's.
+    ``stdio`` holds the fds that become the child's 0, 1 and 2, or -1 to
+    keep the parent's; none of them may be below 3. ``cwd`` is where the
+    child starts. ``setsid`` starts a new session; ``pgroup`` is the
+    process group to join, 0 for a new one, or None for the parent's.
     """
     flags = lib.PYFORK_SPAWN_SETSID if setsid else 0
     if pgroup is not None:
         flags |= lib.PYFORK_SPAWN_SETPGROUP
+    keep = ffi.new("int[]", list(keep_fds))
+    cwd_buffer = (
+        ffi.NULL if cwd is None else ffi.new("char[]", os.fsencode(cwd))
+    )
+    options = ffi.new(
+        "struct pyfork_spawn_options *",
+        {
+            "keep_fds": keep,
+            "n_keep_fds": len(keep_fds),
+            "stdio": list(stdio),
+            "cwd": cwd_buffer,
+            "flags": flags,
+            "pgroup": pgroup or 0,
+        },
+    )
     c_argv, _buffers = _cstring_array([os.fsencode(arg) for arg in argv])
     entry = _MARKER_NAME + b"=" + os.fsencode(marker)
     block = _environment_block(env, entry)
     try:
         pid = ffi.new("pid_t *")
-        keep = ffi.new("int[]", list(keep_fds))
         status = lib.pyfork_spawn(
-            pid,
-            os.fsencode(executable),
-            c_argv,
-            block,
-            keep,
-            len(keep_fds),
-            ffi.NULL,
-            flags,
-            pgroup or 0,
+            pid, os.fsencode(executable), c_argv, block, options
         )
-        if status != 0:
-            _raise_errno(executable)
-        return int(pid[0])
+        err = ffi.errno
     finally:
         lib.pyfork_env_free(block)
+    if status == 0:
+        return int(pid[0])
+    if err == errno.ENOSYS and cwd is not None:
+        # glibc before 2.29 cannot change directory in posix_spawn().
+        shell, shell_argv = wrap_chdir(executable, argv, cwd)
+        return spawn(
+            shell,
+            shell_argv,
+            marker,
+            env,
+            keep_fds,
+            stdio=stdio,
+            setsid=setsid,
+            pgroup=pgroup,
+        )
+    raise OSError(err, os.strerror(err), executable)
 
 
 def take_marker() -> str | None:

@@ -130,7 +130,9 @@ def _open_result_file(fd: int | None, token: bytes) -> None:
     _result_file = (fd, token)
 
 
-def _read_request() -> tuple[str, tuple[Any, ...], dict[str, Any], str, int]:
+def _read_request() -> tuple[
+    str, tuple[Any, ...], dict[str, Any], str, int, list[str]
+]:
     try:
         value = backend.take_marker()
         if value is None:
@@ -152,12 +154,13 @@ def _read_request() -> tuple[str, tuple[Any, ...], dict[str, Any], str, int]:
         )
     if not (
         type(request) is tuple
-        and len(request) == 5
+        and len(request) == 6
         and type(request[0]) is str
         and type(request[1]) is tuple
         and type(request[2]) is dict
         and type(request[3]) is str
         and type(request[4]) is int
+        and type(request[5]) is list
     ):
         _fail_start("the payload does not hold a pyfork request")
     return request
@@ -166,7 +169,7 @@ def _read_request() -> tuple[str, tuple[Any, ...], dict[str, Any], str, int]:
 def _dispatch() -> NoReturn:
     global _depth, _started_by_pyfork
     _started_by_pyfork = True
-    name, args, kwargs, cwd, request_depth = _read_request()
+    name, args, kwargs, cwd, request_depth, argv = _read_request()
     function = _registry.get(name)
     if function is None:
         _fail_start(
@@ -178,6 +181,7 @@ def _dispatch() -> NoReturn:
     except OSError as error:
         _fail_start(f"cannot change to the working directory: {error}")
     _depth = request_depth
+    sys.argv[:] = argv  # the parent's, where argv[0] may be relative
     _write_record((RECORD_STARTED,))
     _finish(_call(function, args, kwargs))
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from . import _child, _registry
 from ._backend import backend
 from ._errors import PyforkError, SpawnError
 from ._process import Process, reap_orphans
 from ._protocol import TOKEN_SIZE, encode_body, format_marker
-from ._reexec import child_command
+from ._reexec import LaunchPlan, child_command
+from ._stdio import StdioSetup, check_spec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
     from inspect import Signature
     from typing import Any
 
@@ -49,17 +51,11 @@ def _bind(
         raise TypeError(message) from None
 
 
-def _encode(
-    name: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    cwd: str,
-    depth: int,
-) -> tuple[int, bytes]:
-    request = (name, args, kwargs, cwd, depth)
+def _encode(request: tuple[Any, ...]) -> tuple[int, bytes]:
     try:
         return encode_body(request)
     except Exception as error:
+        name, args, kwargs = request[:3]
         culprit = _find_unpicklable(args, kwargs)
         message = (
             f"cannot pickle {culprit} for {name!r}: "
@@ -90,15 +86,25 @@ def _find_unpicklable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 class Fork:
     """A reusable specification of a fork.
 
-    ``Fork(function, transport="fd")`` names a registered function (by
-    name or by the function object) and holds the options. ``start()``
-    starts one child with the given arguments, and can run many times.
+    ``Fork(function, **options)`` names a registered function (by name or
+    by the function object) and holds the options. ``start()`` starts one
+    child with the given arguments, and can run many times.
 
     Options:
+        stdin, stdout, stderr: None to inherit the parent's (the
+            default), an fd, a file object, ``pyfork.DEVNULL``, or
+            ``pyfork.PIPE`` for a pipe that the Process exposes as
+            ``stdin``, ``stdout`` or ``stderr``. stderr also takes
+            ``pyfork.STDOUT``.
         env: a mapping that replaces the child's environment; the marker
             is still added, and removed again by the child.
         cwd: the directory the function runs in; the parent's working
             directory at fork time when None.
+        argv, executable: the command that starts the child instead of
+            the re-executed program, for launchers that pyfork cannot
+            replay. ``argv`` is the whole argument vector. The program
+            it starts must register the function and call
+            ``pyfork.init()``.
         pass_fds: descriptors that the child keeps, at the same numbers.
             Every other descriptor above 2 is closed in the child.
         start_new_session: start the child in a new session (setsid).
@@ -115,8 +121,13 @@ class Fork:
         self,
         function: str | Callable[..., Any],
         *,
+        stdin: Any = None,
+        stdout: Any = None,
+        stderr: Any = None,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        argv: Sequence[str] | None = None,
+        executable: str | os.PathLike[str] | None = None,
         pass_fds: Iterable[int] = (),
         start_new_session: bool = False,
         process_group: int | None = None,
@@ -131,9 +142,14 @@ class Fork:
         if transport not in _TRANSPORTS:
             message = f"transport must be 'fd' or 'path', not {transport!r}"
             raise ValueError(message)
+        for index, spec in enumerate((stdin, stdout, stderr)):
+            check_spec(spec, index)
         self.function = function
+        self.stdio = (stdin, stdout, stderr)
         self.env = _check_env(env)
         self.cwd = None if cwd is None else os.fspath(cwd)
+        self.argv = _check_argv(argv)
+        self.executable = None if executable is None else os.fspath(executable)
         self.pass_fds = _check_fds(pass_fds)
         self.start_new_session = bool(start_new_session)
         self.process_group = _check_process_group(process_group)
@@ -146,19 +162,21 @@ class Fork:
         """Start a child that runs the function with these arguments.
 
         Raises NotRegisteredError, TypeError for arguments that do not fit
-        the function, PyforkError when an argument cannot be pickled or
-        the payload cannot be written, and SpawnError when the child
-        cannot be started. Nothing is left behind when it raises.
+        the function, PyforkError when an argument cannot be pickled, the
+        launch mode cannot be re-executed or the payload cannot be
+        written, and SpawnError when the child cannot be started. Nothing
+        is left behind when it raises.
         """
         _child.check_can_fork()
         reap_orphans()
         name, function = _registry.lookup(self.function)
         _bind(name, function, args, kwargs)
         depth = _child_depth(name)
-        executable, argv = child_command()
+        launch = child_command(self.executable, self.argv)
         cwd = _check_cwd(self.cwd)
         _check_open(self.pass_fds)
-        encoding, body = _encode(name, args, kwargs, cwd, depth)
+        request = (name, args, kwargs, cwd, depth, list(sys.argv))
+        encoding, body = _encode(request)
         token = os.urandom(TOKEN_SIZE)
         directory = _payload_directory() if self.transport == "path" else None
 
@@ -173,18 +191,24 @@ class Fork:
                 directory,
             )
             try:
+                stdio = StdioSetup(self.stdio)
+                try:
+                    pid = self._spawn(
+                        launch,
+                        stdio.child_fds,
+                        token=token,
+                        payload_fd=payload_fd,
+                        path=path,
+                        result_fd=result_fd,
+                    )
+                except BaseException:
+                    stdio.close_all()
+                    raise
+                stdio.spawned()
                 identity = None
                 if path is not None:
                     info = os.fstat(payload_fd)
                     identity = (info.st_dev, info.st_ino)
-                pid = self._spawn(
-                    executable,
-                    argv,
-                    token=token,
-                    payload_fd=payload_fd,
-                    path=path,
-                    result_fd=result_fd,
-                )
             finally:
                 os.close(payload_fd)
         except BaseException:
@@ -197,12 +221,13 @@ class Fork:
             result_fd=result_fd,
             payload_path=path,
             payload_identity=identity,
+            streams=stdio.parent_streams(),
         )
 
     def _spawn(
         self,
-        executable: str,
-        argv: list[str],
+        launch: LaunchPlan,
+        stdio: list[int],
         *,
         token: bytes,
         payload_fd: int,
@@ -221,16 +246,21 @@ class Fork:
             keep_fds = (result_fd, *self.pass_fds)
         env = self.env
         if "PYTHONINSPECT" in (os.environ if env is None else env):
-            # The child must never open a prompt, as -i is dropped for it too.
+            # The child must never open a prompt, as -i is dropped for it.
             env = dict(os.environ if env is None else env)
             del env["PYTHONINSPECT"]
+        spawn_cwd = launch.cwd
+        if spawn_cwd is not None and spawn_cwd == os.getcwd():
+            spawn_cwd = None  # the child starts here anyway
         try:
             pid: int = backend.spawn(
-                executable,
-                argv,
+                launch.executable,
+                launch.argv,
                 marker,
                 env,
                 keep_fds,
+                stdio=stdio,
+                cwd=spawn_cwd,
                 setsid=self.start_new_session,
                 pgroup=self.process_group,
             )
@@ -238,7 +268,7 @@ class Fork:
             if path is not None:
                 backend.remove_payload(path)
             raise SpawnError(
-                error.errno, error.strerror, executable
+                error.errno, error.strerror, launch.executable
             ) from error
         return pid
 
@@ -259,6 +289,15 @@ def _check_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
             raise ValueError(message)
         checked[key] = value
     return checked
+
+
+def _check_argv(argv: Sequence[str] | None) -> list[str] | None:
+    if argv is None:
+        return None
+    if isinstance(argv, (str, bytes)) or not argv:
+        message = f"argv must be a non-empty list of str, not {argv!r}"
+        raise TypeError(message)
+    return [os.fspath(arg) for arg in argv]
 
 
 def _check_fds(fds: Iterable[int]) -> tuple[int, ...]:

@@ -15,6 +15,7 @@ from ._protocol import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import ModuleType
     from typing import Any
 
@@ -41,6 +42,11 @@ class Outcome:
         self._value = value
         self._error = error
         self._cause = cause
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """The keyword arguments of the ChildError to raise, or None."""
+        return self._error
 
     def unwrap(self) -> Any:
         """Return the value, or raise a new ChildError for the failure."""
@@ -170,8 +176,33 @@ def read_outcome(
     pid: int,
     name: str,
     returncode: int,
+    stderr_tail: Callable[[], str | None],
 ) -> Outcome:
-    """Read the record in the result file ``fd`` and classify it."""
+    """Read the record in the result file ``fd`` and classify it.
+
+    ``stderr_tail`` returns the end of a captured stderr, which a failure
+    before the function started quotes.
+    """
+    outcome = _read_outcome(
+        backend, fd, token=token, pid=pid, name=name, returncode=returncode
+    )
+    error = outcome.error
+    if error is not None and error["stage"] in (STAGE_NO_INIT, STAGE_START):
+        tail = stderr_tail()
+        if tail:
+            error["message"] += f"\n\nLast lines of its stderr:\n{tail}"
+    return outcome
+
+
+def _read_outcome(
+    backend: ModuleType,
+    fd: int,
+    *,
+    token: bytes,
+    pid: int,
+    name: str,
+    returncode: int,
+) -> Outcome:
     try:
         raw = backend.read_record(fd, token)
         record = None if raw is None else decode_body(*raw)

@@ -13,7 +13,10 @@ from ._outcome import Outcome, read_outcome
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import TracebackType
-    from typing import Any
+    from typing import IO, Any
+
+# Lines of a piped stderr that a ChildError quotes.
+_STDERR_TAIL_LINES = 10
 
 # Seconds that wait() gives a child to exit after Ctrl-C, as subprocess
 # does, before it re-raises KeyboardInterrupt.
@@ -62,6 +65,70 @@ def reap_orphans() -> None:
         _orphans[:] = running
 
 
+class _Transfer:
+    """Threads that feed a child's stdin and drain its stdout and stderr."""
+
+    def __init__(self, process: Process, data: bytes | None) -> None:
+        import threading
+
+        self._results: dict[str, bytes] = {}
+        self._threads = []
+        if process.stdin is not None:
+            self._threads.append(
+                threading.Thread(
+                    target=self._feed, args=(process.stdin, data), daemon=True
+                )
+            )
+        for name in ("stdout", "stderr"):
+            stream = getattr(process, name)
+            if stream is not None:
+                self._threads.append(
+                    threading.Thread(
+                        target=self._drain, args=(name, stream), daemon=True
+                    )
+                )
+        self._piped = {
+            name: getattr(process, name) is not None
+            for name in ("stdout", "stderr")
+        }
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def _feed(stream: IO[bytes], data: bytes | None) -> None:
+        try:
+            if data:
+                stream.write(data)
+            stream.close()
+        except BrokenPipeError:
+            pass  # the child exited or closed stdin without reading it all
+
+    def _drain(self, name: str, stream: IO[bytes]) -> None:
+        self._results[name] = stream.read()
+        stream.close()
+
+    def join(self, deadline: float | None) -> bool:
+        """Wait for the threads. Return False if the deadline passed."""
+        for thread in self._threads:
+            timeout = None
+            if deadline is not None:
+                timeout = max(0.0, deadline - time.monotonic())
+            thread.join(timeout)
+            if thread.is_alive():
+                return False
+        return True
+
+    def output(self) -> tuple[bytes | None, bytes | None]:
+        return (
+            self._results.get("stdout", b"")
+            if self._piped["stdout"]
+            else None,
+            self._results.get("stderr", b"")
+            if self._piped["stderr"]
+            else None,
+        )
+
+
 class Process:
     """A child started by ``pyfork.fork()`` or ``Fork.start()``.
 
@@ -70,6 +137,8 @@ class Process:
         name: the registered name of the function it runs.
         returncode: None while the child runs, then its exit code, or
             ``-N`` when signal N killed it.
+        stdin, stdout, stderr: binary file objects for the streams
+            started with ``pyfork.PIPE``, else None.
     """
 
     def __init__(
@@ -81,10 +150,14 @@ class Process:
         result_fd: int,
         payload_path: str | None = None,
         payload_identity: tuple[int, int] | None = None,
+        streams: tuple[IO[bytes] | None, ...] = (None, None, None),
     ) -> None:
         self.pid = pid
         self.name = name
         self.returncode: int | None = None
+        self.stdin, self.stdout, self.stderr = streams
+        self._captured: tuple[bytes | None, bytes | None] | None = None
+        self._transfer: _Transfer | None = None
         self._token = token
         self._result_fd: int | None = result_fd
         self._outcome: Outcome | None = None
@@ -190,9 +263,51 @@ class Process:
                 pid=self.pid,
                 name=self.name,
                 returncode=self.returncode,
+                stderr_tail=self._stderr_tail,
             )
         finally:
             os.close(fd)
+
+    def _stderr_tail(self) -> str | None:
+        """Return the last lines the child wrote to a piped stderr."""
+        if self._captured is not None:
+            data = self._captured[1]
+        elif self.stderr is not None and not self.stderr.closed:
+            # The child has exited, so the read ends unless a grandchild
+            # holds the pipe open; non-blocking mode covers that case.
+            os.set_blocking(self.stderr.fileno(), False)
+            data = self.stderr.read()
+        else:
+            data = None
+        if not data:
+            return None
+        lines = data.decode(errors="replace").splitlines()
+        return "\n".join(lines[-_STDERR_TAIL_LINES:])
+
+    def communicate(
+        self, input: bytes | None = None, timeout: float | None = None
+    ) -> tuple[bytes | None, bytes | None]:
+        """Send ``input`` to stdin, read stdout and stderr to the end, wait.
+
+        Returns the (stdout, stderr) bytes read from the piped streams,
+        None for a stream that is not piped. Threads move the data, so a
+        child that fills one pipe while the parent writes another cannot
+        deadlock. Raises TimeoutExpired when ``timeout`` seconds pass
+        first; calling it again continues where it stopped.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if self._captured is None:
+            if self._transfer is None:
+                self._transfer = _Transfer(self, input)
+            if not self._transfer.join(deadline):
+                assert timeout is not None
+                raise TimeoutExpired(self.pid, self.name, timeout)
+            self._captured = self._transfer.output()
+        remaining = None
+        if deadline is not None:
+            remaining = max(0.0, deadline - time.monotonic())
+        self.wait(remaining)
+        return self._captured
 
     def send_signal(self, signal: int) -> None:
         """Send ``signal`` to the child, unless it has been reaped."""
@@ -222,6 +337,9 @@ class Process:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        for stream in (self.stdin, self.stdout, self.stderr):
+            if stream is not None:
+                stream.close()
         self.wait()
 
     def __del__(self) -> None:

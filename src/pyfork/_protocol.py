@@ -10,7 +10,7 @@ result file, or empty when the parent wants no result.
 The payload file is a 32-byte header (magic ``PYFORK``, protocol version,
 body encoding, token, body size as an unsigned 64-bit little-endian
 integer) followed by the body. The body is the tuple
-``(name, args, kwargs, cwd, depth)``, encoded with marshal when it holds
+``(name, args, kwargs, cwd, depth, argv)``, encoded with marshal when it holds
 only values of exact builtin types, and with pickle otherwise. marshal
 needs no import in the child, while ``_pickle`` costs about 2.5 ms there.
 

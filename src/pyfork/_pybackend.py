@@ -23,6 +23,7 @@ from ._protocol import (
     build_header,
     check_header,
 )
+from ._reexec import wrap_chdir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -153,21 +154,31 @@ def spawn(
     env: Mapping[str, str] | None,
     keep_fds: Sequence[int],
     *,
+    stdio: Sequence[int] = (-1, -1, -1),
+    cwd: str | None = None,
     setsid: bool = False,
     pgroup: int | None = None,
 ) -> int:
     """Start the child and return its pid. Raises OSError.
 
-    ``setsid`` starts a new session; ``pgroup`` is the process group to
-    join, 0 for a new one, or None to stay in the parent's.
+    ``stdio`` holds the fds that become the child's 0, 1 and 2, or -1 to
+    keep the parent's; none of them may be below 3. ``cwd`` is where the
+    child starts. ``setsid`` starts a new session; ``pgroup`` is the
+    process group to join, 0 for a new one, or None for the parent's.
     """
     import signal
 
+    if cwd is not None:
+        # os.posix_spawn() has no action that changes directory.
+        executable, argv = wrap_chdir(executable, argv, cwd)
     child_env = dict(os.environ if env is None else env)
     child_env[MARKER] = marker
     actions: list[tuple[int, ...]] = [
-        (os.POSIX_SPAWN_DUP2, fd, fd) for fd in keep_fds
+        (os.POSIX_SPAWN_DUP2, source, target)
+        for target, source in enumerate(stdio)
+        if source >= 0
     ]
+    actions.extend((os.POSIX_SPAWN_DUP2, fd, fd) for fd in keep_fds)
     actions.extend(
         (os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds(keep_fds)
     )

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
-from ._errors import PyforkError
+from ._errors import PyforkError, SpawnError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # CPython options that take an argument, in the same or the next token.
 _OPTIONS_WITH_ARGUMENT = "WX"
 _LONG_OPTIONS_WITH_ARGUMENT = ("--check-hash-based-pycs",)
 
-_command: tuple[str, list[str]] | None = None
+_command: LaunchPlan | None = None
 
 
 class _LaunchMode:
@@ -108,48 +113,239 @@ def _absolute_script(script: str) -> str:
         and os.path.basename(candidate) == name
     ):
         return candidate
-    # NOTE: this resolves against the current directory, which is wrong
-    # when the program changed directory before __main__ was set up.
-    return os.path.abspath(script)
+    return os.path.join(_STARTUP_CWD, script)
 
 
-def _build_command() -> tuple[str, list[str]]:
-    executable = sys.executable
+class LaunchPlan:
+    """How a child starts: the command, its start-up directory, or why not.
+
+    Attributes:
+        mode: ``"script"``, ``"module"``, ``"command"``, ``"frozen"`` or
+            ``"custom"`` when ``argv`` was given, or the refused mode.
+        executable: the file that posix_spawn starts.
+        argv: the child's argument vector.
+        cwd: the directory the child starts in, before it changes to the
+            function's directory; None to start where the parent is.
+        problem: why this program cannot be re-executed, or None.
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        executable: str,
+        argv: list[str],
+        cwd: str | None = None,
+        problem: str | None = None,
+    ) -> None:
+        self.mode = mode
+        self.executable = executable
+        self.argv = argv
+        self.cwd = cwd
+        self.problem = problem
+
+    def check(self) -> None:
+        """Raise PyforkError when the plan cannot be carried out."""
+        if self.problem is not None:
+            raise PyforkError(self.problem)
+
+
+_WAY_OUT = "pass the command to run with Fork(..., argv=[...], executable=...)"
+
+# Programs whose replay would start them again instead of the user's
+# program: test runners, debuggers, profilers and tracers.
+_WRAPPER_MODULES = {
+    "pytest": "the pytest test runner",
+    "py.test": "the pytest test runner",
+    "unittest": "the unittest test runner",
+    "nose2": "the nose2 test runner",
+    "pdb": "the pdb debugger",
+    "debugpy": "the debugpy debugger",
+    "pydevd": "the pydevd debugger",
+    "cProfile": "the cProfile profiler",
+    "profile": "the profile profiler",
+    "trace": "the trace module",
+    "coverage": "coverage's runner",
+    "pyinstrument": "the pyinstrument profiler",
+    "memray": "the memray profiler",
+    "viztracer": "the viztracer tracer",
+    "ipykernel_launcher": "a Jupyter kernel",
+    "ipykernel": "a Jupyter kernel",
+    "IPython": "IPython",
+}
+_WRAPPER_SCRIPTS = {
+    "pytest": "the pytest test runner",
+    "py.test": "the pytest test runner",
+    "nose2": "the nose2 test runner",
+    "debugpy": "the debugpy debugger",
+    "coverage": "coverage's runner",
+    "pyinstrument": "the pyinstrument profiler",
+    "memray": "the memray profiler",
+    "viztracer": "the viztracer tracer",
+    "ipython": "IPython",
+    "jupyter": "Jupyter",
+}
+
+
+def _wrapper_name(mode: _LaunchMode) -> str | None:
+    """Return the wrapper that the command line starts, or None."""
+    if mode.kind == "module" and len(mode.rest) > 1:
+        top = mode.rest[1].split(".")[0]
+        return _WRAPPER_MODULES.get(mode.rest[1]) or _WRAPPER_MODULES.get(top)
+    if mode.kind == "script":
+        name = os.path.basename(mode.rest[0])
+        for suffix in (".py", "3"):
+            name = name.removesuffix(suffix)
+        return _WRAPPER_SCRIPTS.get(name)
+    return None
+
+
+def _refusal(mode: _LaunchMode, interactive: bool) -> str | None:
+    """Return why this launch mode cannot be re-executed, or None."""
+    if interactive:
+        return (
+            "cannot re-execute an IPython or Jupyter session: move the code "
+            "that forks into a script file, or " + _WAY_OUT
+        )
+    if mode.kind == "prompt":
+        if not sys.stdin or not sys.stdin.isatty():
+            mode.kind = "stdin"
+        else:
+            return (
+                "cannot re-execute the interactive prompt: run the code "
+                "that forks from a script file, or " + _WAY_OUT
+            )
+    if mode.kind == "stdin":
+        return (
+            "cannot re-execute a program read from standard input: save "
+            "it to a file and run that, or " + _WAY_OUT
+        )
+    wrapper = _wrapper_name(mode)
+    if wrapper is not None:
+        return (
+            f"cannot re-execute a program started by {wrapper}: the child "
+            "would start it again, not your program. Run your program "
+            "directly, or " + _WAY_OUT
+        )
+    return None
+
+
+def _module_start_dir() -> str | None:
+    """Return the directory that ``-m`` searched first, or None.
+
+    For ``-m``, CPython puts the start-up directory at ``sys.path[0]``
+    unless safe_path (``-P``, ``-I``) is set. pyfork records it at import.
+    """
+    # sys.flags.safe_path exists from Python 3.11 on.
+    if getattr(sys.flags, "safe_path", False) or not _STARTUP_PATH0:
+        return None
+    return _STARTUP_PATH0
+
+
+def _check_executable(executable: str) -> None:
+    """Raise SpawnError for an executable that is missing or not runnable."""
     if not executable:
         message = (
             "cannot re-execute this program: sys.executable is empty, so "
-            "the interpreter is unknown"
+            "the interpreter is unknown; " + _WAY_OUT
         )
         raise PyforkError(message)
+    if not os.path.exists(executable):
+        err = errno.ENOENT
+    elif not os.path.isfile(executable) or not os.access(executable, os.X_OK):
+        err = errno.EACCES
+    else:
+        return
+    raise SpawnError(err, os.strerror(err), executable)
+
+
+def plan(
+    orig_argv: list[str] | None = None,
+    executable: str | None = None,
+    argv: list[str] | None = None,
+) -> LaunchPlan:
+    """Work out how a child of this program starts.
+
+    ``orig_argv`` stands for ``sys.orig_argv`` (the doctor command passes
+    a hypothetical one). ``executable`` and ``argv`` override the result,
+    as ``Fork(executable=..., argv=...)`` do. Does not raise for a
+    refused mode: the plan's ``problem`` says why.
+    """
+    exe = executable if executable is not None else sys.executable
+    if argv is not None:
+        return LaunchPlan("custom", exe or argv[0], list(argv))
     if getattr(sys, "frozen", False):
-        return executable, [executable, *sys.orig_argv[1:]]
+        arguments = sys.orig_argv[1:] if orig_argv is None else orig_argv[1:]
+        return LaunchPlan("frozen", exe, [exe, *arguments], _STARTUP_CWD)
 
-    mode = parse_orig_argv(sys.orig_argv)
-    if mode.kind == "prompt":
-        message = (
-            "cannot re-execute the interactive prompt: run the code that "
-            "calls pyfork.fork() from a script file or with python -m"
-        )
-        raise PyforkError(message)
-    if mode.kind == "stdin":
-        message = (
-            "cannot re-execute a program read from standard input: save "
-            "it to a file and run that"
-        )
-        raise PyforkError(message)
+    current = orig_argv is None
+    mode = parse_orig_argv(sys.orig_argv if orig_argv is None else orig_argv)
+    import builtins
+
+    interactive = current and hasattr(builtins, "__IPYTHON__")
+    problem = _refusal(mode, interactive)
     rest = list(mode.rest)
-    if mode.kind == "script":
-        rest[0] = _absolute_script(rest[0])
-    return executable, [sys.orig_argv[0], *mode.options, *rest]
+    start_dir: str | None = _STARTUP_CWD
+    if mode.kind == "script" and problem is None:
+        rest[0] = (
+            _absolute_script(rest[0])
+            if current
+            else os.path.join(_STARTUP_CWD, rest[0])
+        )
+    elif mode.kind == "module":
+        module_dir = _module_start_dir() if current else _STARTUP_CWD
+        if module_dir is not None:
+            start_dir = module_dir
+            if problem is None and not os.path.isdir(module_dir):
+                problem = (
+                    f"cannot re-execute 'python -m {rest[-1]}': its start-up "
+                    f"directory {module_dir!r} no longer exists, and -m "
+                    "finds the module there; " + _WAY_OUT
+                )
+    # argv[0] is the executable itself: CPython derives sys.prefix from
+    # it, so a bare "python" could find another interpreter on PATH.
+    return LaunchPlan(
+        mode.kind, exe, [exe, *mode.options, *rest], start_dir, problem
+    )
 
 
-def child_command() -> tuple[str, list[str]]:
-    """Return the executable and argv that start this program again.
+def child_command(
+    executable: str | None = None, argv: list[str] | None = None
+) -> LaunchPlan:
+    """Return the plan that starts this program again, after checks.
 
-    Raises PyforkError for a launch mode that cannot be re-executed.
+    Raises PyforkError for a launch mode that cannot be re-executed, and
+    SpawnError for a missing or non-executable interpreter.
     """
     global _command
-    if _command is None:
-        _command = _build_command()
-    executable, argv = _command
-    return executable, list(argv)
+    if executable is None and argv is None:
+        if _command is None:
+            _command = plan()
+        launch = _command
+    else:
+        launch = plan(executable=executable, argv=argv)
+    launch.check()
+    _check_executable(launch.executable)
+    return launch
+
+
+def wrap_chdir(
+    executable: str, argv: Sequence[str], cwd: str
+) -> tuple[str, list[str]]:
+    """Return a command that changes to ``cwd``, then runs ``argv``.
+
+    posix_spawn() can change directory only through a glibc 2.29
+    extension, so without it /bin/sh does. The program then runs with
+    ``executable`` as its argv[0].
+    """
+    script = 'cd -- "$1" && shift && exec "$@"'
+    shell_argv = ["/bin/sh", "-c", script, "pyfork-chdir", cwd, executable]
+    return "/bin/sh", [*shell_argv, *argv[1:]]
+
+
+# The directories the program started in, as far as pyfork can tell:
+# the working directory and sys.path[0] when pyfork was first imported.
+try:
+    _STARTUP_CWD = os.getcwd()
+except OSError:  # the directory was removed
+    _STARTUP_CWD = ""
+_STARTUP_PATH0 = sys.path[0] if sys.path else ""
