@@ -90,6 +90,7 @@ def _spawn_raw(
     *,
     env: Sequence[bytes] = BASE_ENV,
     keep_fds: Sequence[int] = (),
+    stdio: Sequence[int] = (-1, -1, -1),
     cwd: bytes | None = None,
     flags: int = 0,
     pgroup: int = 0,
@@ -99,17 +100,19 @@ def _spawn_raw(
     c_argv, _argv_buffers = _cstring_array(argv)
     c_env, _env_buffers = _cstring_array(env)
     keep = ffi.new("int[]", list(keep_fds))
-    status = lib.pyfork_spawn(
-        pid,
-        argv[0],
-        c_argv,
-        c_env,
-        keep,
-        len(keep_fds),
-        ffi.NULL if cwd is None else cwd,
-        flags,
-        pgroup,
+    cwd_buffer = ffi.NULL if cwd is None else ffi.new("char[]", cwd)
+    options = ffi.new(
+        "struct pyfork_spawn_options *",
+        {
+            "keep_fds": keep,
+            "n_keep_fds": len(keep_fds),
+            "stdio": list(stdio),
+            "cwd": cwd_buffer,
+            "flags": flags,
+            "pgroup": pgroup,
+        },
     )
+    status = lib.pyfork_spawn(pid, argv[0], c_argv, c_env, options)
     return status, ffi.errno, int(pid[0])
 
 
@@ -395,6 +398,30 @@ def test_spawn_setpgroup_new_group() -> None:
     with _sleeping_child(flags=lib.PYFORK_SPAWN_SETPGROUP, pgroup=0) as pid:
         group = os.getpgid(pid)
     assert group == pid
+
+
+def test_spawn_redirects_stdio() -> None:
+    """The stdio fds become the child's 1 and 2; fd 0 stays inherited."""
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    try:
+        pid = _spawn(
+            [b"/bin/sh", b"-c", b"echo out; echo err >&2"],
+            stdio=(-1, out_write, err_write),
+        )
+        os.close(out_write)
+        os.close(err_write)
+        out_write = err_write = -1
+        returncode = _wait(pid)
+        stdout = os.read(out_read, 100)
+        stderr = os.read(err_read, 100)
+    finally:
+        for fd in (out_read, err_read, out_write, err_write):
+            if fd >= 0:
+                os.close(fd)
+    assert returncode == 0
+    assert stdout == b"out\n"
+    assert stderr == b"err\n"
 
 
 def test_spawn_cwd(tmp_path: Path) -> None:
