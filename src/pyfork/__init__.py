@@ -7,6 +7,7 @@ Register functions, call ``pyfork.init()`` early, then call
 
 from ._backend import BACKEND
 from ._child import init, is_child
+from ._doctor import doctor
 from ._errors import (
     ChildError,
     NotRegisteredError,
@@ -37,6 +38,7 @@ __all__ = [
     "SpawnError",
     "TimeoutExpired",
     "__version__",
+    "doctor",
     "fork",
     "init",
     "is_child",
