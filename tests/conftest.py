@@ -59,7 +59,7 @@ class ScriptRunner:
         env.pop("PYFORK_CHILD", None)
         env["PYFORK_BACKEND"] = self.backend
         env["TMPDIR"] = str(self.tmpdir)
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         if extra:
             env.update(extra)
         return env

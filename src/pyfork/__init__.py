@@ -3,11 +3,14 @@ current program.
 
 Register functions, call ``pyfork.init()`` early, then call
 ``pyfork.fork("name", *args)``. See the README for the protocol.
+
+Every child imports this package before it runs its function, so only
+what ``register()`` and ``init()`` need is imported here. The parent-side
+API loads on first use.
 """
 
 from ._backend import BACKEND
 from ._child import init, is_child
-from ._doctor import doctor
 from ._errors import (
     ChildError,
     NotRegisteredError,
@@ -15,12 +18,44 @@ from ._errors import (
     SpawnError,
     TimeoutExpired,
 )
-from ._fork import DEFAULT_MAX_DEPTH, Fork, fork
-from ._process import Process
 from ._protocol import EXIT_NO_INIT, EXIT_START_FAILED
 from ._registry import register
-from ._stdio import DEVNULL, PIPE, STDOUT
 from ._version import __version__
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._doctor import doctor
+    from ._fork import DEFAULT_MAX_DEPTH, Fork, fork
+    from ._process import Process
+    from ._stdio import DEVNULL, PIPE, STDOUT
+
+# The submodule that defines each name loaded on first use.
+_LAZY_NAMES = {
+    "DEFAULT_MAX_DEPTH": "_fork",
+    "DEVNULL": "_stdio",
+    "Fork": "_fork",
+    "PIPE": "_stdio",
+    "Process": "_process",
+    "STDOUT": "_stdio",
+    "doctor": "_doctor",
+    "fork": "_fork",
+}
+
+
+def __getattr__(name: str) -> object:
+    submodule = _LAZY_NAMES.get(name)
+    if submodule is None:
+        message = f"module 'pyfork' has no attribute {name!r}"
+        raise AttributeError(message)
+    module = __import__(f"pyfork.{submodule}", fromlist=[name])
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "BACKEND",

@@ -18,7 +18,6 @@ from ._protocol import (
     Marker,
     PayloadError,
 )
-from ._reexec import wrap_chdir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -185,6 +184,8 @@ def spawn(
         return int(pid[0])
     if err == errno.ENOSYS and cwd is not None:
         # glibc before 2.29 cannot change directory in posix_spawn().
+        from ._reexec import wrap_chdir
+
         shell, shell_argv = wrap_chdir(executable, argv, cwd)
         return spawn(
             shell,

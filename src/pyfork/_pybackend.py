@@ -23,7 +23,6 @@ from ._protocol import (
     build_header,
     check_header,
 )
-from ._reexec import wrap_chdir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -170,6 +169,8 @@ def spawn(
 
     if cwd is not None:
         # os.posix_spawn() has no action that changes directory.
+        from ._reexec import wrap_chdir
+
         executable, argv = wrap_chdir(executable, argv, cwd)
     child_env = dict(os.environ if env is None else env)
     child_env[MARKER] = marker
