@@ -59,8 +59,9 @@ def describe():
     }
 """
 
-# The parent forks report(), after changing to CHDIR_BEFORE_FORK if set,
-# and prints both descriptions.
+# The parent forks report(), after changing to CHDIR_BEFORE_FORK and
+# prepending PREPEND_TO_SYS_PATH to sys.path when they are set, and prints
+# both descriptions.
 FORK_AND_PRINT = """\
 
 
@@ -74,6 +75,8 @@ pyfork.init()
 if __name__ == "__main__":
     if os.environ.get("CHDIR_BEFORE_FORK"):
         os.chdir(os.environ["CHDIR_BEFORE_FORK"])
+    if os.environ.get("PREPEND_TO_SYS_PATH"):
+        sys.path.insert(0, os.environ["PREPEND_TO_SYS_PATH"])
     child = pyfork.fork(report).result()
     print("RESULT " + json.dumps({"parent": report(), "child": child}))
 """
@@ -235,6 +238,23 @@ def test_script_subdirectory_chdir(run_script: ScriptRunner) -> None:
     assert child["main_name"] == "__main__"
 
 
+def test_script_relative_argument(run_script: ScriptRunner) -> None:
+    """Code above init() opens a relative path from argv after os.chdir()."""
+    prefix = "import sys\nVALUE = open(sys.argv[1]).read()\n"
+    run_script.write(prefix + APP)
+    (run_script.directory / "data.txt").write_text("read at start-up")
+    elsewhere = run_script.directory / "elsewhere"
+    elsewhere.mkdir()
+    argv = [sys.executable, "app.py", "data.txt"]
+    result = run_and_parse(
+        run_script, argv, env={"CHDIR_BEFORE_FORK": str(elsewhere)}
+    )
+    child = result["child"]
+
+    assert child["value"] == "read at start-up"
+    assert child["cwd"] == str(elsewhere)
+
+
 def test_script_absolute_path(run_script: ScriptRunner) -> None:
     """A script given by its absolute path runs from another directory."""
     script = run_script.write(APP, "code/app.py")
@@ -289,24 +309,30 @@ def test_script_non_ascii_arguments(run_script: ScriptRunner) -> None:
 # Modules, commands and applications.
 
 
-@pytest.mark.parametrize("chdir", [False, True], ids=["here", "chdir"])
+@pytest.mark.parametrize("before_fork", ["nothing", "chdir", "sys_path"])
 @pytest.mark.parametrize(
     ("module", "main_module"),
     [("pkg", "__main__"), ("pkg.mod", "mod")],
     ids=["package", "submodule"],
 )
 def test_module(
-    run_script: ScriptRunner, module: str, main_module: str, chdir: bool
+    run_script: ScriptRunner, module: str, main_module: str, before_fork: str
 ) -> None:
     """``python -m`` runs a module with relative imports in the child."""
     write_package(run_script.directory, main_module)
     elsewhere = run_script.directory / "elsewhere"
     elsewhere.mkdir()
-    env = {"CHDIR_BEFORE_FORK": str(elsewhere)} if chdir else None
+    env = {
+        "nothing": {},
+        "chdir": {"CHDIR_BEFORE_FORK": str(elsewhere)},
+        "sys_path": {"PREPEND_TO_SYS_PATH": "vendor"},
+    }[before_fork]
     argv = [sys.executable, "-m", module, "arg"]
     result = run_and_parse(run_script, argv, env=env)
     parent, child = result["parent"], result["child"]
-    expected_cwd = elsewhere if chdir else run_script.directory
+    expected_cwd = (
+        elsewhere if before_fork == "chdir" else run_script.directory
+    )
 
     assert child["value"] == "from pkg.helper"
     assert child["main_spec"] == f"pkg.{main_module}"
@@ -319,15 +345,18 @@ def test_module(
 @pytest.mark.parametrize("chdir", [False, True], ids=["here", "chdir"])
 def test_command(run_script: ScriptRunner, chdir: bool) -> None:
     """``python -c`` code that registers and forks runs in the child."""
+    run_script.write('VALUE = "from the start-up directory"\n', "helper.py")
     elsewhere = run_script.directory / "elsewhere"
     elsewhere.mkdir()
     env = {"CHDIR_BEFORE_FORK": str(elsewhere)} if chdir else None
-    argv = [sys.executable, "-c", APP, "a", "b"]
+    code = "from helper import VALUE\n" + APP
+    argv = [sys.executable, "-c", code, "a", "b"]
     result = run_and_parse(run_script, argv, env=env)
     child = result["child"]
     expected_cwd = elsewhere if chdir else run_script.directory
 
     assert child["argv"] == ["-c", "a", "b"]
+    assert child["value"] == "from the start-up directory"
     assert child["main_name"] == "__main__"
     assert child["is_child"] is True
     assert child["cwd"] == str(expected_cwd)
@@ -812,7 +841,7 @@ def test_module_start_directory_removed(run_script: ScriptRunner) -> None:
         source, encoding="utf-8"
     )
     env = {"PYTHONPATH": str(run_script.directory / "packages")}
-    argv = [sys.executable, "-m", "pkg"]
+    argv = [sys.executable, "-m", "pkg", "arg"]
     result = run_and_parse(run_script, argv, cwd=start, env=env)
 
     check_rejected(result, marker, "python -m pkg", str(start))
