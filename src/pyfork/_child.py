@@ -203,6 +203,9 @@ def _call(
         traceback = error.__traceback__
         if traceback is not None and traceback.tb_next is not None:
             traceback = traceback.tb_next
+        # The default hook prints the exception's own traceback, not its
+        # argument, so the exception gets the shortened one.
+        error.__traceback__ = traceback
         sys.excepthook(type(error), error, traceback)
         _write_record(_raised_record(error, traceback))
         return 1

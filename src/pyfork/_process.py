@@ -65,6 +65,13 @@ def reap_orphans() -> None:
         _orphans[:] = running
 
 
+def _exit_code(info: os.waitid_result) -> int:
+    """Return the exit code in a waitid() result, or -N for signal N."""
+    if info.si_code == os.CLD_EXITED:
+        return info.si_status
+    return -info.si_status  # CLD_KILLED or CLD_DUMPED
+
+
 class _Transfer:
     """Threads that feed a child's stdin and drain its stdout and stderr."""
 
@@ -155,6 +162,7 @@ class Process:
         self.pid = pid
         self.name = name
         self.returncode: int | None = None
+        self._reaped = False
         self.stdin, self.stdout, self.stderr = streams
         self._captured: tuple[bytes | None, bytes | None] | None = None
         self._transfer: _Transfer | None = None
@@ -172,28 +180,41 @@ class Process:
             f"returncode={self.returncode}>"
         )
 
-    def _reap(self, flags: int) -> int | None:
-        """Call waitpid() once. Requires ``_wait_lock``."""
-        if self.returncode is not None:
+    def _reap(self, block: bool) -> int | None:
+        """Wait for the child once and reap it. Requires ``_wait_lock``.
+
+        waitid() with WNOWAIT reads the exit status and leaves the child a
+        zombie, so an exception such as KeyboardInterrupt that interrupts
+        this method between the steps loses nothing: a later call reaps.
+        """
+        if self._reaped:
             return self.returncode
+        if self.returncode is None:
+            flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
+            try:
+                info = os.waitid(os.P_PID, self.pid, flags)
+            except ChildProcessError:
+                # Someone else reaped the child (SIGCHLD set to SIG_IGN, or
+                # os.wait()), so its status is lost. 255 is not success.
+                info = None
+                self.returncode = 255
+            if info is None and self.returncode is None:
+                return None
+            if info is not None:
+                self.returncode = _exit_code(info)
         try:
-            pid, status = os.waitpid(self.pid, flags)
+            os.waitpid(self.pid, os.WNOHANG)
         except ChildProcessError:
-            # Someone else reaped the child (SIGCHLD set to SIG_IGN, or a
-            # call to os.wait()), so its exit status is lost. 255 keeps
-            # that from reading as success.
-            pid, status = self.pid, 255 << 8
-        if pid == 0:
-            return None
-        self.returncode = os.waitstatus_to_exitcode(status)
+            pass  # reaped already: see above
+        self._reaped = True
         _remove_unread_payload(self._payload_path, self._payload_identity)
         return self.returncode
 
     def poll(self) -> int | None:
         """Return the exit code if the child has exited, else None."""
-        if self.returncode is None and self._wait_lock.acquire(False):
+        if not self._reaped and self._wait_lock.acquire(False):
             try:
-                self._reap(os.WNOHANG)
+                self._reap(block=False)
             finally:
                 self._wait_lock.release()
         return self.returncode
@@ -204,7 +225,8 @@ class Process:
         Raises TimeoutExpired when ``timeout`` seconds pass first. The
         child keeps running then.
         """
-        if self.returncode is not None:
+        if self._reaped:
+            assert self.returncode is not None
             return self.returncode
         try:
             return self._wait(timeout)
@@ -221,7 +243,7 @@ class Process:
     def _wait(self, timeout: float | None) -> int:
         if timeout is None:
             with self._wait_lock:
-                returncode = self._reap(0)
+                returncode = self._reap(block=True)
             assert returncode is not None
             return returncode
 
@@ -346,7 +368,8 @@ class Process:
         if self._result_fd is not None:
             os.close(self._result_fd)
             self._result_fd = None
-        if self.returncode is None and self.poll() is None:
+        self.poll()
+        if not self._reaped:
             with _orphans_lock:
                 _orphans.append(
                     (self.pid, self._payload_path, self._payload_identity)

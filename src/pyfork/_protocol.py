@@ -71,8 +71,9 @@ CHECK_VERSION = 6
 CHECK_TOKEN = 7
 CHECK_SIZE = 8
 
-# Deeper payloads go through pickle, which has no fixed nesting limit.
-_MARSHAL_MAX_DEPTH = 100
+# Deeper payloads go through pickle. marshal itself stops at 2000 levels
+# (CPython's MAX_MARSHAL_STACK_DEPTH), and pickle at the recursion limit.
+_MARSHAL_MAX_DEPTH = 1500
 # Larger payloads go through pickle rather than a slow walk in Python.
 _MARSHAL_MAX_ITEMS = 10_000
 _MARSHAL_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})
