@@ -17,6 +17,7 @@ import os
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 
 TYPE_CHECKING = False
@@ -667,7 +668,10 @@ class _Run:
         self.options = options
         self.workers = workers
         self.directory = directory
-        self.steps: list[tuple[str, Callable[[], None]]] = []
+        # (section, label, action) of every step, in order
+        self.steps: list[tuple[str, str, Callable[[], None]]] = []
+        self._section = ""
+        self.seconds: dict[str, float] = {}
         # latency[gib][method] = (parent-side ns, round-trip ns)
         self.latency: dict[float, dict[str, tuple[list[int], list[int]]]] = {}
         # arguments[size][name] = round-trip or pickle ns
@@ -679,7 +683,8 @@ class _Run:
         self.worker_info: dict[str, dict[str, Any]] = {}
 
     def add(self, label: str, action: Callable[[], None]) -> None:
-        self.steps.append((label, action))
+        """Append a step to the section being planned."""
+        self.steps.append((self._section, label, action))
 
     def request(self, method: str, /, **fields: Any) -> dict[str, Any]:
         """Send a request to the worker that runs ``method``."""
@@ -702,19 +707,25 @@ class _Run:
         ]
         spawning = [name for name in selected if not METHODS[name].fork_based]
         forking = [name for name in selected if METHODS[name].fork_based]
+        self._section = "import" if "import" in options.sections else "startup"
         self._plan_startup("import" in options.sections)
+        self._section = "latency"
         if "latency" in options.sections:
             for gib in options.rss_gib:
                 self._plan_latency(gib, spawning)
+        self._section = "arguments"
         if "arguments" in options.sections:
             for size, label in ARGUMENT_SIZES:
                 self._plan_arguments(size, label)
+        self._section = "throughput"
         if "throughput" in options.sections:
             self._plan_throughput(spawning)
         # The fork-based methods come last, so no fork slows the others.
+        self._section = "latency"
         if "latency" in options.sections and forking:
             for gib in options.rss_gib:
                 self._plan_latency(gib, forking)
+        self._section = "throughput"
         if "throughput" in options.sections and forking:
             self._plan_throughput(forking)
 
@@ -861,8 +872,12 @@ class _Run:
             self.add("start-up: -X importtime", trace)
 
     def execute(self, progress: Progress) -> None:
-        for label, action in self.steps:
+        """Run the planned steps and time each section."""
+        for section, label, action in self.steps:
+            begin = time.monotonic()
             action()
+            elapsed = time.monotonic() - begin
+            self.seconds[section] = self.seconds.get(section, 0.0) + elapsed
             progress.step(label)
 
 
@@ -971,6 +986,21 @@ def _pth_files() -> list[str]:
     return found
 
 
+def _customize_modules() -> list[str]:
+    """Return the sitecustomize and usercustomize files that site imports."""
+    import importlib.util
+
+    found = []
+    for name in ("sitecustomize", "usercustomize"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None:
+            found.append(spec.origin or name)
+    return found
+
+
 def describe_environment() -> dict[str, Any]:
     """Describe the interpreter and the machine that the bench runs on."""
     import platform
@@ -985,6 +1015,7 @@ def describe_environment() -> dict[str, Any]:
         "python_version": sys.version,
         "implementation": platform.python_implementation(),
         "pth_files": _pth_files(),
+        "customize_modules": _customize_modules(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "usable_cores": _cores(),
@@ -1160,6 +1191,7 @@ def build_results(
     """Collect the summaries of a finished run into one JSON-ready dict."""
     environment["startup_ms"] = summarize(_milliseconds(run.startup["pass"]))
     environment["workers"] = run.worker_info
+    environment["section_seconds"] = run.seconds
     results: dict[str, Any] = {
         "format": 1,
         "options": {
@@ -1359,7 +1391,9 @@ def _format_environment(results: dict[str, Any]) -> list[str]:
     startup = environment["startup_ms"]
     version = environment["python_version"].replace("\n", " ")
     memory = environment["memory_gib"]
-    memory_text = "unknown memory" if memory is None else f"{memory:.1f} GiB"
+    memory_text = (
+        "unknown memory" if memory is None else f"{memory:.1f} GiB of memory"
+    )
     load_start = environment["load_average_start"][0]
     load_end = environment.get("load_average_end", [load_start])[0]
     lines = [
@@ -1377,6 +1411,13 @@ def _format_environment(results: dict[str, Any]) -> list[str]:
         f"load average: {load_start:.2f} at the start, {load_end:.2f} at the "
         "end (1 minute)",
     ]
+    seconds = environment.get("section_seconds", {})
+    if seconds:
+        parts = ", ".join(
+            f"{section} {elapsed:.0f} s"
+            for section, elapsed in seconds.items()
+        )
+        lines.append(f"run time:     {sum(seconds.values()):.0f} s ({parts})")
     pth_files = environment["pth_files"]
     if pth_files:
         lines.append(
@@ -1386,6 +1427,8 @@ def _format_environment(results: dict[str, Any]) -> list[str]:
         lines += [f"              {path}" for path in pth_files]
     else:
         lines.append(".pth files:   none")
+    for path in environment["customize_modules"]:
+        lines.append(f"customize:    {path}, run at every start-up")
     for backend, info in sorted(environment["workers"].items()):
         lines.append(
             f"worker:       {backend} backend, pyfork from {info['module']}"
@@ -1408,7 +1451,12 @@ def _format_methods(results: dict[str, Any]) -> list[str]:
         if name in measured
     ]
     for name, description in rows:
-        lines.append(f"  {name:<19} {description}")
+        lines += textwrap.wrap(
+            description,
+            width=79,
+            initial_indent=f"  {name:<19} ",
+            subsequent_indent=" " * 22,
+        )
     return lines
 
 
@@ -1652,6 +1700,7 @@ def write_plot(results: dict[str, Any], path: str, pyplot: Any) -> None:
         )
     environment = results["environment"]
     axes.set_yscale("log")
+    axes.set_xticks([level["rss_gib"] for level in levels])
     axes.set_xlabel("touched memory held by the parent (GiB)")
     axes.set_ylabel("parent-side latency (ms): median, p10 to p90")
     axes.set_title(

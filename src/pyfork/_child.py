@@ -36,6 +36,15 @@ if TYPE_CHECKING:
 # Exit code of CPython when flushing stdout at exit fails.
 _EXIT_FLUSH_FAILED = 120
 
+# The directories the program started in, as far as pyfork can tell: the
+# working directory and sys.path[0] when pyfork was first imported. A
+# child starts there, so that module-level code and -m see the same.
+try:
+    STARTUP_CWD = os.getcwd()
+except OSError:  # the directory was removed
+    STARTUP_CWD = ""
+STARTUP_PATH0 = sys.path[0] if sys.path else ""
+
 _initialized = False
 _started_by_pyfork = MARKER in os.environ
 _depth = 0

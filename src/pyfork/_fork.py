@@ -147,9 +147,9 @@ class Fork:
         self.function = function
         self.stdio = (stdin, stdout, stderr)
         self.env = _check_env(env)
-        self.cwd = None if cwd is None else os.fspath(cwd)
+        self.cwd = _check_path("cwd", cwd)
         self.argv = _check_argv(argv)
-        self.executable = None if executable is None else os.fspath(executable)
+        self.executable = _check_path("executable", executable)
         self.pass_fds = _check_fds(pass_fds)
         self.start_new_session = bool(start_new_session)
         self.process_group = _check_process_group(process_group)
@@ -277,6 +277,9 @@ def _check_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
     """Return a copy of ``env``, or raise for a key or value it cannot use."""
     if env is None:
         return None
+    if not callable(getattr(env, "items", None)):
+        message = f"env must be a mapping of str to str, not {env!r}"
+        raise TypeError(message)
     checked = {}
     for key, value in env.items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -291,17 +294,39 @@ def _check_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
     return checked
 
 
+def _check_path(option: str, value: Any) -> str | None:
+    """Return a path option as str, or raise TypeError naming the option."""
+    if value is None:
+        return None
+    if not isinstance(value, (str, os.PathLike)):
+        message = f"{option} must be a str or os.PathLike, not {value!r}"
+        raise TypeError(message)
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        message = f"{option} must be a str path, not {value!r}"
+        raise TypeError(message)
+    return path
+
+
 def _check_argv(argv: Sequence[str] | None) -> list[str] | None:
     if argv is None:
         return None
     if isinstance(argv, (str, bytes)) or not argv:
         message = f"argv must be a non-empty list of str, not {argv!r}"
         raise TypeError(message)
-    return [os.fspath(arg) for arg in argv]
+    checked = []
+    for arg in argv:
+        path = _check_path("argv", arg)
+        assert path is not None
+        checked.append(path)
+    return checked
 
 
 def _check_fds(fds: Iterable[int]) -> tuple[int, ...]:
     """Return ``fds`` as a sorted tuple, or raise for an invalid one."""
+    if isinstance(fds, (int, str, bytes)) or not hasattr(fds, "__iter__"):
+        message = f"pass_fds must be an iterable of fds, not {fds!r}"
+        raise TypeError(message)
     checked = set()
     for fd in fds:
         if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
@@ -323,7 +348,11 @@ def _check_open(fds: tuple[int, ...]) -> None:
 def _check_process_group(process_group: int | None) -> int | None:
     if process_group is None:
         return None
-    if not isinstance(process_group, int) or process_group < 0:
+    if (
+        not isinstance(process_group, int)
+        or isinstance(process_group, bool)
+        or process_group < 0
+    ):
         message = (
             "process_group must be None, 0 or a process group id, "
             f"not {process_group!r}"

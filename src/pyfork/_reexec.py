@@ -6,6 +6,8 @@ import errno
 import os
 import sys
 
+from ._child import STARTUP_CWD as _STARTUP_CWD
+from ._child import STARTUP_PATH0 as _STARTUP_PATH0
 from ._errors import PyforkError, SpawnError
 
 TYPE_CHECKING = False
@@ -297,7 +299,7 @@ def plan(
             start_dir = module_dir
             if problem is None and not os.path.isdir(module_dir):
                 problem = (
-                    f"cannot re-execute 'python -m {rest[-1]}': its start-up "
+                    f"cannot re-execute 'python -m {rest[1]}': its start-up "
                     f"directory {module_dir!r} no longer exists, and -m "
                     "finds the module there; " + _WAY_OUT
                 )
@@ -340,12 +342,3 @@ def wrap_chdir(
     script = 'cd -- "$1" && shift && exec "$@"'
     shell_argv = ["/bin/sh", "-c", script, "pyfork-chdir", cwd, executable]
     return "/bin/sh", [*shell_argv, *argv[1:]]
-
-
-# The directories the program started in, as far as pyfork can tell:
-# the working directory and sys.path[0] when pyfork was first imported.
-try:
-    _STARTUP_CWD = os.getcwd()
-except OSError:  # the directory was removed
-    _STARTUP_CWD = ""
-_STARTUP_PATH0 = sys.path[0] if sys.path else ""
