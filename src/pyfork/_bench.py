@@ -37,7 +37,7 @@ STOP_VARIABLE = "PYFORK_BENCH_STOP"
 #: Sizes of the arguments in bytes, about their pickled size, and labels.
 ARGUMENT_SIZES = ((100, "100 B"), (10**6, "1 MB"), (10**8, "100 MB"))
 #: Argument kinds: two builtin types, and a user class instance that
-#: holds each of them.
+#: contains each of them.
 ARGUMENT_KINDS = {
     "bytes": "bytes",
     "int_list": "list of ints",
@@ -132,7 +132,7 @@ SECTIONS = {
 
 
 class BenchError(Exception):
-    """The bench cannot run or failed. The message says why."""
+    """The bench cannot run or failed. The message gives the reason."""
 
 
 # -- statistics --------------------------------------------------------------
@@ -177,7 +177,7 @@ import pyfork
 
 
 class Payload:
-    """A user class instance that holds an argument."""
+    """A user class instance that contains an argument."""
 
     def __init__(self, data):
         self.data = data
@@ -458,7 +458,7 @@ class _WorkerBench:
 def serve_worker(
     script: str, payload_class: type, mp_target: Callable[[], None]
 ) -> int:
-    """Answer the bench's requests on stdin until it closes; return 0.
+    """Serve the bench's requests on stdin until it closes; return 0.
 
     Replies go to the original stdout, which is then pointed at stderr, so
     nothing a child prints can corrupt them.
@@ -1825,7 +1825,7 @@ def parse_options(arguments: Sequence[str]) -> Options:
         type=_parse_gib_list,
         metavar="GIB[,GIB...]",
         help=(
-            "touched memory that the parent holds in the latency section, "
+            "touched memory in the parent during the latency section, "
             f"in GiB (default {','.join(f'{gib:g}' for gib in _DEFAULT_RSS)}"
             f", {','.join(f'{gib:g}' for gib in _QUICK_RSS)} with --quick)"
         ),
@@ -1873,7 +1873,7 @@ def _check_memory(parser: Any, options: Options) -> None:
         return
     backends = {METHODS[name].backend for name in options.methods}
     backends.add(METHODS[REFERENCE].backend)
-    # Every worker holds the memory at once, plus about 1 GiB to spare.
+    # Every worker allocates it at the same time; keep 1 GiB spare.
     needed = max(options.rss_gib) * len(backends) + 1
     if needed > available:
         parser.error(
