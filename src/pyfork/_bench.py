@@ -125,7 +125,7 @@ METHODS = {
 #: Sections of a run, which ``--only`` also selects.
 SECTIONS = {
     "latency": "parent-side latency and round trip, per parent memory size",
-    "arguments": "round trip with large arguments, against pickle via a file",
+    "arguments": "round trip with large arguments, against pickle via a memfd",
     "throughput": f"{THROUGHPUT_FORKS} starts, one in flight per core",
     "import": "what 'import pyfork' adds to interpreter start-up",
 }
@@ -253,6 +253,16 @@ class _RawSpawn:
         return int(self._pid[0])
 
 
+def _anonymous_file() -> IO[bytes]:
+    """Return a new anonymous file, open for reading and writing."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("pyfork-bench", os.MFD_CLOEXEC)
+        return open(fd, "w+b")
+    import tempfile
+
+    return tempfile.TemporaryFile()
+
+
 def _wait_pid(pid: int) -> int:
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
@@ -299,7 +309,7 @@ class _WorkerBench:
         if operation == "time":
             return self._time(request["method"], request.get("kind"))
         if operation == "pickle":
-            return self._time_pickle(request["kind"], request["file"])
+            return self._time_pickle(request["kind"])
         if operation == "throughput":
             return self._time_throughput(
                 request["method"], request["count"], request["in_flight"]
@@ -419,19 +429,24 @@ class _WorkerBench:
         _check_exit(method, code)
         return {"parent_ns": started - begin, "round_trip_ns": ended - begin}
 
-    def _time_pickle(self, kind: str, path: str) -> dict[str, Any]:
-        """Time pickle.dump() and pickle.load() of an argument via a file."""
+    def _time_pickle(self, kind: str) -> dict[str, Any]:
+        """Time pickle.dump() and pickle.load() of an argument via a file.
+
+        The file is a memfd where the system has one, as pyfork's default
+        payload file is, so the page cache of a disk does not enter.
+        """
         import pickle
 
         value = self.arguments[kind]
         begin = time.perf_counter_ns()
-        with open(path, "wb") as file:
-            pickle.dump(value, file, protocol=pickle.HIGHEST_PROTOCOL)
-        with open(path, "rb") as file:
-            loaded = pickle.load(file)
+        file = _anonymous_file()
+        pickle.dump(value, file, protocol=pickle.HIGHEST_PROTOCOL)
+        file.seek(0)
+        loaded = pickle.load(file)
         ended = time.perf_counter_ns()
-        del loaded  # freed after the clock stops, as a child never frees
-        os.unlink(path)
+        # Freed after the clock stops, as a pyfork child never frees them.
+        del loaded
+        file.close()
         return {"ns": ended - begin}
 
     def _time_throughput(
@@ -749,7 +764,7 @@ class _Run:
 
             self.add(f"{label}: warm-up {method}", warm_up)
         for run in range(self.options.runs):
-            for method in _rotate(methods, run):
+            for method in _round_order(methods, run):
 
                 def measure(method: str = method) -> None:
                     reply = self.request(method, op="time", method=method)
@@ -764,7 +779,6 @@ class _Run:
         names = ["floor"]
         names += [f"pyfork:{kind}" for kind in ARGUMENT_KINDS]
         names += [f"pickle:{kind}" for kind in ARGUMENT_KINDS]
-        pickle_file = os.path.join(self.directory, "pickle-baseline")
 
         def build() -> None:
             reply = self.request(REFERENCE, op="arguments", size=size)
@@ -786,9 +800,7 @@ class _Run:
                 )
                 value = reply["round_trip_ns"]
             else:
-                reply = self.request(
-                    REFERENCE, op="pickle", kind=kind, file=pickle_file
-                )
+                reply = self.request(REFERENCE, op="pickle", kind=kind)
                 value = reply["ns"]
             if keep:
                 samples.setdefault(name, []).append(value)
@@ -807,7 +819,7 @@ class _Run:
 
                 self.add(f"{step}: warm-up {name}", warm_up)
         for run in range(runs):
-            for name in _rotate(names, run):
+            for name in _round_order(names, run):
 
                 def timed(name: str = name) -> None:
                     measure(name)
@@ -818,7 +830,7 @@ class _Run:
     def _plan_throughput(self, methods: Sequence[str]) -> None:
         in_flight = _cores()
         for run in range(self.options.throughput_runs):
-            for method in _rotate(methods, run):
+            for method in _round_order(methods, run):
 
                 def measure(method: str = method) -> None:
                     reply = self.request(
@@ -844,7 +856,7 @@ class _Run:
             runs = self.options.import_runs
         env = _clean_environment()
         for run in range(runs):
-            for name in _rotate(list(commands), run):
+            for name in _round_order(list(commands), run):
 
                 def measure(name: str = name) -> None:
                     elapsed = _time_command(
@@ -881,10 +893,15 @@ class _Run:
             progress.step(label)
 
 
-def _rotate(items: Sequence[str], offset: int) -> list[str]:
-    """Return ``items`` starting at ``offset``, so each takes every place."""
-    shift = offset % len(items)
-    return [*items[shift:], *items[:shift]]
+def _round_order(items: Sequence[str], run: int) -> list[str]:
+    """Return ``items`` in the order of round ``run``: a fixed shuffle.
+
+    A rotation would keep each item behind the same neighbour, and what a
+    measurement leaves behind (freed memory, dirty pages) affects the next.
+    """
+    import random
+
+    return random.Random(run).sample(items, len(items))
 
 
 def _cores() -> int:
@@ -1330,7 +1347,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             if size["size_bytes"] >= ARGUMENT_SIZES[-1][0]:
                 add(
                     f"round trip with {size['label']} "
-                    f"{entry['description']} / pickle via a file",
+                    f"{entry['description']} / pickle via a memfd",
                     entry["pyfork_over_pickle"],
                     "<=",
                     1.3,
@@ -1518,7 +1535,8 @@ def _format_arguments(results: dict[str, Any]) -> list[str]:
     lines = [
         "",
         f"Arguments: round trip of {REFERENCE} with one argument, against "
-        "pickle.dump() + pickle.load() through a file in one process, ms",
+        "pickle.dump() + pickle.load() in one process through an anonymous "
+        "memory file (memfd), ms",
     ]
     rows = [
         [
