@@ -481,14 +481,17 @@ def serve_worker(
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     bench = _WorkerBench(script, payload_class, mp_target)
-    for line in sys.stdin.buffer:
-        request = json.loads(line)
-        try:
-            reply = bench.handle(request)
-        except Exception as error:
-            reply = {"error": f"{type(error).__name__}: {error}"}
-        replies.write(json.dumps(reply) + "\n")
-        replies.flush()
+    try:
+        for line in sys.stdin.buffer:
+            request = json.loads(line)
+            try:
+                reply = bench.handle(request)
+            except Exception as error:
+                reply = {"error": f"{type(error).__name__}: {error}"}
+            replies.write(json.dumps(reply) + "\n")
+            replies.flush()
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C reached the bench too, which reports it
     return 0
 
 
@@ -625,14 +628,15 @@ class Progress:
             self.stream.flush()
             self._last_line = now
 
-    def finish(self) -> None:
-        """End the progress line."""
+    def finish(self, completed: bool) -> None:
+        """Clear the progress line; report the run time if ``completed``."""
         elapsed = time.monotonic() - self.begin
         if self.terminal:
             self.stream.write("\r" + " " * self._width + "\r")
-        self.stream.write(
-            f"bench: {self.done} steps finished in {elapsed:.0f} s\n"
-        )
+        if completed:
+            self.stream.write(
+                f"bench: {self.done} steps finished in {elapsed:.0f} s\n"
+            )
         self.stream.flush()
 
 
@@ -1544,7 +1548,7 @@ def _format_arguments(results: dict[str, Any]) -> list[str]:
             "argument",
             "pickled",
             "pyfork round trip",
-            "pickle via file",
+            "pickle via memfd",
             "pyfork / pickle",
             "pyfork / floor",
         ]
@@ -1912,11 +1916,13 @@ def run(options: Options) -> dict[str, Any]:
         bench_run = _Run(options, workers, directory)
         bench_run.plan()
         progress = Progress(len(bench_run.steps))
+        completed = False
         try:
             bench_run.execute(progress)
+            completed = True
         finally:
+            progress.finish(completed)
             workers.close()
-            progress.finish()
     environment["load_average_end"] = list(os.getloadavg())
     return build_results(bench_run, options, environment)
 
