@@ -4,10 +4,11 @@
 directory and starts it with ``sys.executable``, once per pyfork backend,
 because pyfork chooses its backend at import. A worker is the program
 whose children are measured: on request it starts one child, times it,
-and sends the timings back as a JSON line. This process picks the methods
-round-robin, one measurement at a time, so drift of the machine hits them
-all alike. Methods that call ``fork()`` run in a phase of their own after
-the others, because a fork slows whatever runs next in the parent.
+and sends the timings back as a JSON line. This process asks for one
+measurement at a time, in rounds that run every method once in a
+shuffled order, so drift of the machine hits all methods alike. Methods
+that call ``fork()`` run in a phase of their own after the others,
+because a fork slows whatever runs next in the parent.
 """
 
 from __future__ import annotations
@@ -683,7 +684,9 @@ class Options:
 class _Run:
     """The steps of one run and the samples they collect."""
 
-    def __init__(self, options: Options, workers: _Workers, directory: str):
+    def __init__(
+        self, options: Options, workers: _Workers, directory: str
+    ) -> None:
         self.options = options
         self.workers = workers
         self.directory = directory
@@ -881,8 +884,14 @@ class _Run:
                     text=True,
                     cwd=self.directory,
                     env=env,
-                    check=True,
+                    check=False,
                 )
+                if completed.returncode != 0:
+                    message = (
+                        f"{command} exited with code {completed.returncode}:"
+                        f" {completed.stderr.strip()[-500:]}"
+                    )
+                    raise BenchError(message)
                 self.importtime.append(completed.stderr)
 
             self.add("start-up: -X importtime", trace)
