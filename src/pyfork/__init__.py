@@ -4,12 +4,12 @@ current program.
 Register functions, call ``pyfork.init()`` early, then call
 ``pyfork.fork("name", *args)``. See the README for the protocol.
 
-Every child imports this package before it runs its function, so only
-what ``register()`` and ``init()`` need is imported here. The parent-side
-API loads on first use.
+Every program that forks imports this package at start-up, and so does
+every child, so only what ``register()`` and ``init()`` need is imported
+here. The backend, with the compiled core, and the parent-side API load
+on first use.
 """
 
-from ._backend import BACKEND
 from ._child import init, is_child
 from ._errors import (
     ChildError,
@@ -24,6 +24,7 @@ from ._version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ._backend import BACKEND
     from ._doctor import doctor
     from ._fork import DEFAULT_MAX_DEPTH, Fork, fork
     from ._process import Process
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 # The submodule that defines each name loaded on first use.
 _LAZY_NAMES = {
+    "BACKEND": "_backend",
     "DEFAULT_MAX_DEPTH": "_fork",
     "DEVNULL": "_stdio",
     "Fork": "_fork",

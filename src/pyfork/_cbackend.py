@@ -117,6 +117,25 @@ def remove_payload(path: str) -> None:
         _raise_errno(path)
 
 
+# The C arrays of recent argv lists, with the buffers they point to. A
+# program re-executes itself with the same argv on every fork.
+_argv_arrays: dict[tuple[str, ...], tuple[Any, list[Any]]] = {}
+_ARGV_CACHE_SIZE = 8
+
+
+def _argv_array(argv: Sequence[str]) -> tuple[Any, list[Any]]:
+    """Return a ``char *[]`` for ``argv`` and its buffers, reusing recent
+    ones."""
+    key = tuple(argv)
+    cached = _argv_arrays.get(key)
+    if cached is None:
+        if len(_argv_arrays) >= _ARGV_CACHE_SIZE:
+            _argv_arrays.clear()
+        cached = _cstring_array([os.fsencode(arg) for arg in key])
+        _argv_arrays[key] = cached
+    return cached
+
+
 def _environment_block(env: Mapping[str, str] | None, entry: bytes) -> Any:
     if env is None:
         block = lib.pyfork_env_build_locked(ffi.NULL, _MARKER_NAME, entry)
@@ -169,7 +188,8 @@ def spawn(
             "pgroup": pgroup or 0,
         },
     )
-    c_argv, _buffers = _cstring_array([os.fsencode(arg) for arg in argv])
+    # The buffers must outlive the call, even if the cache drops them.
+    c_argv, _buffers = _argv_array(argv)
     entry = _MARKER_NAME + b"=" + os.fsencode(marker)
     block = _environment_block(env, entry)
     try:

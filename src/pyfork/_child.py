@@ -10,7 +10,6 @@ import os
 import sys
 
 from . import _registry
-from ._backend import backend
 from ._errors import PyforkError
 from ._protocol import (
     EXIT_NO_INIT,
@@ -112,6 +111,8 @@ def _write_record(record: tuple[Any, ...]) -> bool:
     """
     if _result_file is None:
         return True
+    from ._backend import backend
+
     fd, token = _result_file
     try:
         encoding, body = encode_body(record)
@@ -142,6 +143,8 @@ def _open_result_file(fd: int | None, token: bytes) -> None:
 def _read_request() -> tuple[
     str, tuple[Any, ...], dict[str, Any], str, int, list[str]
 ]:
+    from ._backend import backend
+
     try:
         value = backend.take_marker()
         if value is None:

@@ -184,18 +184,25 @@ def _fits_marshal(value: object) -> bool:
     accepts code objects, so only exact builtin types qualify.
     """
     stack: list[tuple[Any, int]] = [(value, 0)]
-    items = 0
+    # Every item pushed counts, so a large container is rejected before
+    # its items are copied onto the stack.
+    budget = _MARSHAL_MAX_ITEMS
     while stack:
         item, depth = stack.pop()
-        items += 1
-        if items > _MARSHAL_MAX_ITEMS or depth > _MARSHAL_MAX_DEPTH:
+        if depth > _MARSHAL_MAX_DEPTH:
             return False
         kind = type(item)
         if kind in _MARSHAL_ATOMS:
             continue
         if kind is tuple or kind is list or kind is set or kind is frozenset:
+            budget -= len(item)
+            if budget < 0:
+                return False
             stack.extend((child, depth + 1) for child in item)
         elif kind is dict:
+            budget -= 2 * len(item)
+            if budget < 0:
+                return False
             for key, child in item.items():
                 stack.append((key, depth + 1))
                 stack.append((child, depth + 1))

@@ -321,10 +321,14 @@ def child_command(
     global _command
     if executable is None and argv is None:
         if _command is None:
-            _command = plan()
-        launch = _command
-    else:
-        launch = plan(executable=executable, argv=argv)
+            launch = plan()
+            launch.check()
+            _check_executable(launch.executable)
+            # Checked once: an interpreter removed later makes the spawn
+            # fail with SpawnError instead.
+            _command = launch
+        return _command
+    launch = plan(executable=executable, argv=argv)
     launch.check()
     _check_executable(launch.executable)
     return launch
