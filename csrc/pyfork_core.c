@@ -152,10 +152,16 @@ static int is_inheritable(int fd)
     return flags != -1 && (flags & FD_CLOEXEC) == 0;
 }
 
-/* Add a close action for every inheritable fd >= 3 that is not kept. */
+/*
+ * Add a close action for every inheritable fd >= 3 that is not kept.
+ * Fds at or above the fd limit are skipped, since glibc rejects close
+ * actions for them; such an fd, inherited from a parent with a higher
+ * limit, reaches the child.
+ */
 static int close_inheritable_by_scan(posix_spawn_file_actions_t *actions,
                                      const int *keep_fds, size_t n_keep_fds)
 {
+    long open_max = sysconf(_SC_OPEN_MAX);
     DIR *dir = opendir("/proc/self/fd");
     if (dir == NULL) {
         return errno;
@@ -167,7 +173,8 @@ static int close_inheritable_by_scan(posix_spawn_file_actions_t *actions,
         char *end;
         long fd = strtol(ent->d_name, &end, 10);
         if (end == ent->d_name || *end != '\0' || fd < 3 || fd > INT_MAX ||
-            fd == dir_fd || is_kept((int)fd, keep_fds, n_keep_fds) ||
+            (open_max > 0 && fd >= open_max) || fd == dir_fd ||
+            is_kept((int)fd, keep_fds, n_keep_fds) ||
             !is_inheritable((int)fd)) {
             continue;
         }
@@ -213,12 +220,17 @@ static int add_fd_actions(posix_spawn_file_actions_t *actions,
         }
     }
 
+    /* glibc rejects a closefrom() start at or above the fd limit. */
+    long open_max = sysconf(_SC_OPEN_MAX);
     addclosefrom_fn addclosefrom = lookup_addclosefrom();
-    if (addclosefrom == NULL || max_kept == INT_MAX) {
+    if (addclosefrom == NULL || (open_max > 0 && max_kept + 1 >= open_max)) {
         return close_inheritable_by_scan(actions, keep_fds, n_keep_fds);
     }
+    /* Close every fd between the kept ones, inheritable or not: checking
+     * the flag here would race with other threads that change it. glibc
+     * ignores close actions for fds that are not open. */
     for (int fd = 3; fd < max_kept; fd++) {
-        if (!is_kept(fd, keep_fds, n_keep_fds) && is_inheritable(fd)) {
+        if (!is_kept(fd, keep_fds, n_keep_fds)) {
             int error = posix_spawn_file_actions_addclose(actions, fd);
             if (error != 0) {
                 return error;
@@ -301,6 +313,23 @@ int pyfork_spawn(pid_t *pid, const char *path, char *const argv[],
 
 /* Payload files */
 
+/*
+ * Move a new fd to 3 or above, keeping close-on-exec. With 0, 1 or 2
+ * closed in the parent, a new file lands there, and the child's stdio
+ * would then be that file. Closes `fd` and returns -1 on failure.
+ */
+static int move_above_stdio(int fd)
+{
+    if (fd < 0 || fd > 2) {
+        return fd;
+    }
+    int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return moved;
+}
+
 int pyfork_payload_create_anonymous(const char *fallback_dir)
 {
     int fd;
@@ -308,7 +337,7 @@ int pyfork_payload_create_anonymous(const char *fallback_dir)
     /* The raw system call needs no glibc 2.27 symbol. */
     fd = (int)syscall(SYS_memfd_create, "pyfork", MFD_CLOEXEC);
     if (fd >= 0) {
-        return fd;
+        return move_above_stdio(fd);
     }
     /* Other errors mean memfd is missing or filtered: use the fallback. */
     if (fallback_dir == NULL || errno == EMFILE || errno == ENFILE ||
@@ -347,7 +376,17 @@ int pyfork_payload_create_named(const char *dir, char *path,
         return -1;
     }
     /* mkostemp() creates the file with O_EXCL and mode 0600. */
-    return mkostemp(path, O_CLOEXEC);
+    int created = mkostemp(path, O_CLOEXEC);
+    if (created < 0) {
+        return -1;
+    }
+    int fd = move_above_stdio(created);
+    if (fd < 0) {
+        int saved = errno;
+        unlink(path);
+        errno = saved;
+    }
+    return fd;
 }
 
 static void store_u64_le(unsigned char *out, uint64_t value)
@@ -418,6 +457,27 @@ int pyfork_payload_write(int fd, const unsigned char *token, int encoding,
         if (errno != EINTR) {
             return -1;
         }
+    }
+    return 0;
+}
+
+int pyfork_payload_write_header(int fd, const unsigned char *token,
+                                int encoding, uint64_t body_size)
+{
+    unsigned char header[PYFORK_HEADER_SIZE];
+    build_header(header, token, encoding, body_size);
+
+    size_t done = 0;
+    while (done < sizeof header) {
+        ssize_t n = pwrite(fd, header + done, sizeof header - done,
+                           (off_t)done);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            return -1;
+        }
+        done += (size_t)n;
     }
     return 0;
 }

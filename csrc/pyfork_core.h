@@ -96,7 +96,7 @@ int pyfork_spawn(pid_t *pid, const char *path, char *const argv[],
 
 /*
  * Create an anonymous payload file open for reading and writing, with
- * close-on-exec set: a memfd, or where memfd_create() fails and
+ * close-on-exec set and an fd of 3 or above: a memfd, or where memfd_create() fails and
  * `fallback_dir` is not NULL, a file in `fallback_dir` that is unlinked
  * before this returns. Returns the fd, or -1 with errno set.
  */
@@ -104,7 +104,8 @@ int pyfork_payload_create_anonymous(const char *fallback_dir);
 
 /*
  * Create a named payload file "DIR/pyfork-XXXXXX" with O_EXCL, mode 0600
- * and close-on-exec, and write its path into `path`.
+ * and close-on-exec, at an fd of 3 or above, and write its path into
+ * `path`.
  * Returns the fd, or -1 with errno set (ENAMETOOLONG when the path does
  * not fit in `path_size`).
  */
@@ -117,6 +118,13 @@ int pyfork_payload_create_named(const char *dir, char *path,
  */
 int pyfork_payload_write(int fd, const unsigned char *token, int encoding,
                          const void *body, size_t body_size);
+
+/*
+ * Write the payload header at offset 0 of `fd`, for a body of `body_size`
+ * bytes already written after it. Returns 0, or -1 with errno set.
+ */
+int pyfork_payload_write_header(int fd, const unsigned char *token,
+                                int encoding, uint64_t body_size);
 
 /*
  * Open a named payload file for reading without following a symbolic

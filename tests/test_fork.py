@@ -839,7 +839,7 @@ def test_child_without_init(run_script: ScriptRunner) -> None:
             emit(child_ran=True)
 
 
-        if "PYFORK_CHILD" not in os.environ:
+        if not pyfork.is_child():
             pyfork.init()
             emit(returncode=pyfork.fork(child).wait())
         """
@@ -862,7 +862,7 @@ def test_child_fork_before_init(run_script: ScriptRunner) -> None:
             emit(child_ran=True)
 
 
-        if "PYFORK_CHILD" in os.environ:
+        if pyfork.is_child():
             pyfork.fork(child)
         pyfork.init()
         emit(returncode=pyfork.fork(child).wait())

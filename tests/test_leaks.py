@@ -208,7 +208,7 @@ def test_payload_child_import_error(
     """A child that raises at import before init() leaves no payload."""
     source = script(
         """
-        if "PYFORK_CHILD" in os.environ:
+        if pyfork.is_child():
             raise ImportError("no module for the child")
 
 

@@ -395,7 +395,7 @@ def test_communicate_timeout(run_script: ScriptRunner) -> None:
 
 
 def test_no_init_stderr_tail(run_script: ScriptRunner) -> None:
-    """ChildError quotes the end of a piped stderr of a child without init."""
+    """ChildError quotes the end of a stderr that communicate() captured."""
     body = """
     @pyfork.register
     def never_runs():
@@ -409,6 +409,7 @@ def test_no_init_stderr_tail(run_script: ScriptRunner) -> None:
 
     pyfork.init()
     process = pyfork.Fork(never_runs, stderr=pyfork.PIPE).start()
+    process.communicate()
     try:
         process.result()
     except pyfork.ChildError as error:

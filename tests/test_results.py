@@ -374,10 +374,16 @@ def test_signal_sigkill(run_script: ScriptRunner) -> None:
     assert "SIGKILL" in error["message"]
 
 
-CHILD_IMPORT_ERROR = """
+# Before ``import pyfork`` the marker is still in the environment; after
+# it, pyfork has taken it and is_child() says whether this is a child.
+CHILD_IMPORT_ERROR_BEFORE = """
 import os
 
 if "PYFORK_CHILD" in os.environ:
+    raise ImportError("no module for the child")
+"""
+CHILD_IMPORT_ERROR_AFTER = """
+if pyfork.is_child():
     raise ImportError("no module for the child")
 """
 
@@ -403,9 +409,9 @@ def test_no_init_import_error(
         """
     )
     if placement == "after_import":
-        source = script(CHILD_IMPORT_ERROR + body)
+        source = script(CHILD_IMPORT_ERROR_AFTER + body)
     else:
-        source = script(body, before=CHILD_IMPORT_ERROR)
+        source = script(body, before=CHILD_IMPORT_ERROR_BEFORE)
     run = run_script(source)
     assert run.returncode == 0, run.stderr
     error = records(run.stdout)["error"]
@@ -568,7 +574,7 @@ def test_guard_fork_before_init(run_script: ScriptRunner) -> None:
             return 1
 
 
-        if "PYFORK_CHILD" in os.environ:
+        if pyfork.is_child():
             pyfork.fork(work)
 
         pyfork.init()
@@ -599,7 +605,7 @@ def test_guard_program_without_init(run_script: ScriptRunner) -> None:
             return 1
 
 
-        if "PYFORK_CHILD" not in os.environ:
+        if not pyfork.is_child():
             pyfork.init()
             process = pyfork.fork(work)
             emit(returncode=process.wait(), error=result_error(process))

@@ -14,9 +14,11 @@ from . import _core
 from ._protocol import (
     CHECK_MESSAGES,
     HEADER_SIZE,
+    LARGE_BODY,
     MARKER,
     Marker,
     PayloadError,
+    map_body,
 )
 
 TYPE_CHECKING = False
@@ -72,14 +74,24 @@ def write_record(fd: int, token: bytes, encoding: int, body: bytes) -> None:
         _raise_errno()
 
 
-def read_record(fd: int, token: bytes) -> tuple[int, bytearray] | None:
+def write_header(fd: int, token: bytes, encoding: int, body_size: int) -> None:
+    """Write the header of a body that is already in place. Raises OSError."""
+    if lib.pyfork_payload_write_header(fd, token, encoding, body_size) != 0:
+        _raise_errno()
+
+
+def read_record(
+    fd: int, token: bytes
+) -> tuple[int, bytearray | memoryview] | None:
     """Read the record that a child wrote to its result file.
 
-    Returns None when the file is empty. Raises PayloadError.
+    Returns None when the file holds no record yet: it is empty, or holds
+    the empty record that the parent writes first. Raises PayloadError.
     """
     if os.fstat(fd).st_size == 0:
         return None
-    return _read_checked(fd, False, token, "result file", None)
+    record = _read_checked(fd, False, token, "result file", None)
+    return record if len(record[1]) else None
 
 
 def create_payload(
@@ -237,7 +249,7 @@ def take_marker() -> str | None:
     return os.fsdecode(ffi.buffer(buffer, size)[:])
 
 
-def read_payload(marker: Marker) -> tuple[int, bytearray]:
+def read_payload(marker: Marker) -> tuple[int, bytearray | memoryview]:
     """Open, check and read the payload. Return its encoding and body.
 
     A named file is unlinked once it passes the checks, before the body
@@ -268,14 +280,19 @@ def read_payload(marker: Marker) -> tuple[int, bytearray]:
 
 def _read_checked(
     fd: int, named: bool, token: bytes, source: str, path: str | None
-) -> tuple[int, bytearray]:
-    """Check the file behind ``fd``, unlink ``path``, and read the body."""
+) -> tuple[int, bytearray | memoryview]:
+    """Check the file behind ``fd``, unlink ``path``, and read the body.
+
+    A large body of an anonymous file is mapped instead of read.
+    """
     info = ffi.new("struct pyfork_payload_info *")
     status = lib.pyfork_payload_check(fd, named, token, info)
     _check_status(status, source)
     if path is not None and lib.pyfork_unlink(os.fsencode(path)) != 0:
         err = ffi.errno
         raise PayloadError(f"cannot remove {source}: {os.strerror(err)}")
+    if not named and info.body_size >= LARGE_BODY:
+        return int(info.encoding), map_body(fd, info.body_size)
     body = bytearray(info.body_size)
     status = lib.pyfork_read_at(
         fd, ffi.from_buffer(body), len(body), HEADER_SIZE

@@ -45,15 +45,20 @@ except OSError:  # the directory was removed
 STARTUP_PATH0 = sys.path[0] if sys.path else ""
 
 _initialized = False
-_started_by_pyfork = MARKER in os.environ
 _depth = 0
-# The fd and token of the result file, once the marker is read.
-_result_file: tuple[int, bytes] | None = None
+# The marker value, read and removed from the environment when pyfork is
+# first imported, so that code above init() cannot pass it on to other
+# programs; None in a process that pyfork did not start.
+_marker_value: str | None = None
+# The fd, token and (st_dev, st_ino) of the result file, once adopted,
+# and the pid that may write it: a copy made by os.fork() may not.
+_result_file: tuple[int, bytes, tuple[int, int]] | None = None
+_dispatch_pid = 0
 
 
 def is_child() -> bool:
     """Return True in a process that pyfork started."""
-    return _started_by_pyfork
+    return _marker_value is not None
 
 
 def depth() -> int:
@@ -65,7 +70,7 @@ def check_can_fork() -> None:
     """Raise PyforkError unless this process may call ``fork()``."""
     if _initialized:
         return
-    if MARKER in os.environ:
+    if _marker_value is not None:
         message = (
             "fork() was called in a child that has not reached "
             "pyfork.init(); the child would start the program once more. "
@@ -84,12 +89,13 @@ def init() -> None:
 
     Call it early in the program, after every ``register()`` and before
     any code that must not run again in the child. Later calls do nothing.
+    In a child it must run in the main thread.
     """
     global _initialized
     if _initialized:
         return
     _initialized = True
-    if MARKER in os.environ:
+    if _marker_value is not None:
         _dispatch()
 
 
@@ -107,13 +113,23 @@ def _fail_start(message: str) -> NoReturn:
 def _write_record(record: tuple[Any, ...]) -> bool:
     """Replace the contents of the result file with ``record``.
 
-    Returns False, after a message on stderr, when it cannot be written.
+    Writes only from the dispatching process, and only while the fd still
+    refers to the adopted file: the function may have closed it and
+    opened another file at the same number. Returns False, after a message
+    on stderr, when it cannot be written.
     """
-    if _result_file is None:
+    if _result_file is None or os.getpid() != _dispatch_pid:
         return True
     from ._backend import backend
 
-    fd, token = _result_file
+    fd, token, identity = _result_file
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        info = None
+    if info is None or (info.st_dev, info.st_ino) != identity:
+        _report(f"the result file at fd {fd} was closed; no result is sent")
+        return False
     try:
         encoding, body = encode_body(record)
     except Exception as error:
@@ -127,17 +143,28 @@ def _write_record(record: tuple[Any, ...]) -> bool:
     return True
 
 
-def _open_result_file(fd: int | None, token: bytes) -> None:
-    """Adopt the inherited result file, hidden from the child's children."""
+def _adopt_result_file(fd: int | None, token: bytes) -> None:
+    """Adopt the inherited result file after checking that it is pyfork's.
+
+    The parent writes an empty record with the token when it creates the
+    file, so a number that names another file, such as an fd inherited
+    with a leaked marker, is never written to.
+    """
     global _result_file
     if fd is None:
         return
+    from ._backend import backend
+
     try:
+        info = os.fstat(fd)
+        if info.st_nlink != 0:
+            raise PayloadError("is a file with a name")
+        backend.read_record(fd, token)
         os.set_inheritable(fd, False)
-    except OSError as error:
-        _report(f"result descriptor {fd} is unusable: {error.strerror}")
+    except (OSError, PayloadError) as error:
+        _report(f"result descriptor {fd} is not usable: {error}")
         return
-    _result_file = (fd, token)
+    _result_file = (fd, token, (info.st_dev, info.st_ino))
 
 
 def _read_request() -> tuple[
@@ -145,18 +172,16 @@ def _read_request() -> tuple[
 ]:
     from ._backend import backend
 
+    assert _marker_value is not None
     try:
-        value = backend.take_marker()
-        if value is None:
-            raise PayloadError(f"{MARKER} disappeared before init()")
-        marker = parse_marker(value)
-    except (PayloadError, OSError) as error:
+        marker = parse_marker(_marker_value)
+    except PayloadError as error:
         _fail_start(f"invalid marker: {error}")
-    _open_result_file(marker.result_fd, marker.token)
     try:
         encoding, body = backend.read_payload(marker)
     except (PayloadError, OSError) as error:
         _fail_start(f"cannot read the payload: {error}")
+    _adopt_result_file(marker.result_fd, marker.token)
 
     try:
         request = decode_body(encoding, body)
@@ -164,6 +189,8 @@ def _read_request() -> tuple[
         _fail_start(
             f"cannot decode the arguments: {type(error).__name__}: {error}"
         )
+    finally:
+        del body  # a mapped body is unmapped with its last reference
     if not (
         type(request) is tuple
         and len(request) == 6
@@ -179,8 +206,23 @@ def _read_request() -> tuple[
 
 
 def _dispatch() -> NoReturn:
-    global _depth, _started_by_pyfork
-    _started_by_pyfork = True
+    """Run the function of this child and exit; nothing escapes init()."""
+    global _dispatch_pid
+    _dispatch_pid = os.getpid()
+    try:
+        _run_request()
+    except BaseException as error:  # a bug in pyfork or a failing hook
+        _report(f"internal error: {type(error).__name__}: {error}")
+        _flush_stdio()
+        os._exit(EXIT_START_FAILED)
+
+
+def _run_request() -> NoReturn:
+    global _depth
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        _fail_start("pyfork.init() must be called from the main thread")
     name, args, kwargs, cwd, request_depth, argv = _read_request()
     function = _registry.get(name)
     if function is None:
@@ -280,13 +322,15 @@ def _flush_stdio() -> bool:
 
 
 def _shut_down() -> None:
-    """Run what interpreter shutdown runs that users rely on."""
+    """Run what interpreter shutdown runs that users rely on.
+
+    threading._shutdown() is what Py_FinalizeEx() calls: it runs the hooks
+    that concurrent.futures registers to stop its workers, then joins the
+    non-daemon threads. atexit functions run after it, as at a normal exit.
+    """
     threading = sys.modules.get("threading")
     if threading is not None:
-        current = threading.current_thread()
-        for thread in threading.enumerate():
-            if thread is not current and not thread.daemon:
-                thread.join()
+        threading._shutdown()
     import atexit
 
     atexit._run_exitfuncs()
@@ -333,7 +377,14 @@ def _exit_without_init() -> None:
     os._exit(EXIT_NO_INIT)
 
 
-if _started_by_pyfork:
+if MARKER in os.environ:
+    from ._backend import backend as _backend
+
+    try:
+        _marker_value = _backend.take_marker()
+    except OSError as _error:
+        _report(f"cannot read {MARKER}: {_error}")
+        os._exit(EXIT_START_FAILED)
     import atexit
 
     atexit.register(_exit_without_init)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -9,7 +10,14 @@ from . import _child, _registry
 from ._backend import backend
 from ._errors import PyforkError, SpawnError
 from ._process import Process, reap_orphans
-from ._protocol import TOKEN_SIZE, encode_body, format_marker
+from ._protocol import (
+    ENCODING_PICKLE,
+    TOKEN_SIZE,
+    encode_body,
+    fits_marshal,
+    format_marker,
+    stream_body,
+)
 from ._reexec import LaunchPlan, child_command
 from ._stdio import StdioSetup, check_spec
 
@@ -17,7 +25,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
     from inspect import Signature
-    from typing import Any
+    from typing import Any, NoReturn
 
 _TRANSPORTS = ("fd", "path")
 
@@ -50,8 +58,30 @@ def _bind(
         signature.bind(*args, **kwargs)
     except TypeError as error:
         message = f"cannot fork {name}{signature}: {error}"
+        options = sorted(set(kwargs) & _FORK_OPTIONS)
+        if options:
+            message += (
+                f"; fork() passes {', '.join(options)} to the function, "
+                "while options go to pyfork.Fork(...).start()"
+            )
         raise TypeError(message) from None
 
+
+_FORK_OPTIONS = frozenset(
+    {
+        "stdin",
+        "stdout",
+        "stderr",
+        "env",
+        "cwd",
+        "argv",
+        "executable",
+        "pass_fds",
+        "start_new_session",
+        "process_group",
+        "transport",
+    }
+)
 
 # Flags of a code object that takes *args or **kwargs, from inspect.
 _CO_VARARGS = 0x04
@@ -79,13 +109,18 @@ def _encode(request: tuple[Any, ...]) -> tuple[int, bytes]:
     try:
         return encode_body(request)
     except Exception as error:
-        name, args, kwargs = request[:3]
-        culprit = _find_unpicklable(args, kwargs)
-        message = (
-            f"cannot pickle {culprit} for {name!r}: "
-            f"{type(error).__name__}: {error}"
-        )
-        raise PyforkError(message) from error
+        _raise_unpicklable(request, error)
+
+
+def _raise_unpicklable(request: tuple[Any, ...], error: Exception) -> NoReturn:
+    """Raise PyforkError that names the argument pickle failed on."""
+    name, args, kwargs = request[:3]
+    culprit = _find_unpicklable(args, kwargs)
+    message = (
+        f"cannot pickle {culprit} for {name!r}: "
+        f"{type(error).__name__}: {error}"
+    )
+    raise PyforkError(message) from error
 
 
 def _find_unpicklable(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -205,51 +240,55 @@ class Fork:
         cwd = _check_cwd(current, self.cwd)
         _check_open(self.pass_fds)
         request = (name, args, kwargs, cwd, depth, list(sys.argv))
-        encoding, body = _encode(request)
+        # A large anonymous payload is pickled straight into its file.
+        # Everything else is encoded first, so an argument that cannot be
+        # pickled creates no file at all.
+        streamed = self.transport == "fd" and not fits_marshal(request)
+        encoded = None if streamed else _encode(request)
         token = os.urandom(TOKEN_SIZE)
         directory = _payload_directory() if self.transport == "path" else None
 
-        result_fd = _create_file(backend.create_anonymous_file, "result")
+        stdio = StdioSetup(self.stdio)
+        files = _ChildFiles()
         try:
-            payload_fd, path = _create_file(
-                backend.create_payload,
-                "payload",
-                token,
-                encoding,
-                body,
-                directory,
+            files.result_fd = _create_file(
+                backend.create_anonymous_file, "result"
             )
-            try:
-                stdio = StdioSetup(self.stdio)
-                try:
-                    pid = self._spawn(
-                        launch,
-                        current,
-                        stdio.child_fds,
-                        token=token,
-                        payload_fd=payload_fd,
-                        path=path,
-                        result_fd=result_fd,
-                    )
-                except BaseException:
-                    stdio.close_all()
-                    raise
-                stdio.spawned()
-                identity = None
-                if path is not None:
-                    info = os.fstat(payload_fd)
-                    identity = (info.st_dev, info.st_ino)
-            finally:
-                os.close(payload_fd)
+            # The empty record carries the token, so the child can tell
+            # that the fd it is given is this file.
+            backend.write_record(files.result_fd, token, 0, b"")
+            if encoded is None:
+                files.payload_fd = _stream_payload(token, request)
+            else:
+                files.payload_fd, files.path = _create_file(
+                    backend.create_payload,
+                    "payload",
+                    token,
+                    *encoded,
+                    directory,
+                )
+            identity = files.identity()
+            pid = self._spawn(
+                launch,
+                current,
+                stdio.child_fds,
+                token=token,
+                payload_fd=files.payload_fd,
+                path=files.path,
+                result_fd=files.result_fd,
+            )
         except BaseException:
-            os.close(result_fd)
+            stdio.close_all()
+            files.discard()
             raise
+        stdio.spawned()
+        os.close(files.payload_fd)
         return Process(
             pid,
             name,
             token=token,
-            result_fd=result_fd,
-            payload_path=path,
+            result_fd=files.result_fd,
+            payload_path=files.path,
             payload_identity=identity,
             streams=stdio.parent_streams(),
         )
@@ -265,10 +304,7 @@ class Fork:
         path: str | None,
         result_fd: int,
     ) -> int:
-        """Start the child and return its pid.
-
-        On failure, removes a named payload and raises SpawnError.
-        """
+        """Start the child and return its pid. Raises SpawnError."""
         if path is None:
             marker = format_marker(token, payload_fd, None, result_fd)
             keep_fds = (payload_fd, result_fd, *self.pass_fds)
@@ -296,12 +332,63 @@ class Fork:
                 pgroup=self.process_group,
             )
         except OSError as error:
-            if path is not None:
-                backend.remove_payload(path)
-            raise SpawnError(
+            spawn_error = SpawnError(
                 error.errno, error.strerror, launch.executable
-            ) from error
+            )
+            if error.errno == errno.EPERM and self.process_group is not None:
+                # setpgid() failed: the group is in another session or gone.
+                spawn_error.strerror = (
+                    f"{error.strerror}: cannot join process group "
+                    f"{self.process_group} (process_group=)"
+                )
+            raise spawn_error from error
         return pid
+
+
+class _ChildFiles:
+    """The files created for one child, and their removal on failure."""
+
+    def __init__(self) -> None:
+        self.result_fd = -1
+        self.payload_fd = -1
+        self.path: str | None = None
+
+    def identity(self) -> tuple[int, int] | None:
+        """Return (st_dev, st_ino) of a named payload file, or None."""
+        if self.path is None:
+            return None
+        info = os.fstat(self.payload_fd)
+        return (info.st_dev, info.st_ino)
+
+    def discard(self) -> None:
+        """Close and remove whatever was created."""
+        for fd in (self.payload_fd, self.result_fd):
+            if fd >= 0:
+                os.close(fd)
+        if self.path is not None:
+            try:
+                backend.remove_payload(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _stream_payload(token: bytes, request: tuple[Any, ...]) -> int:
+    """Create an anonymous payload file and pickle ``request`` into it."""
+    fd: int = _create_file(backend.create_anonymous_file, "payload")
+    try:
+        size = stream_body(fd, request)
+        backend.write_header(fd, token, ENCODING_PICKLE, size)
+    except OSError as error:
+        os.close(fd)
+        message = (
+            f"cannot write the payload file: {error.strerror} "
+            f"(errno {error.errno})"
+        )
+        raise PyforkError(message) from error
+    except Exception as error:
+        os.close(fd)
+        _raise_unpicklable(request, error)
+    return fd
 
 
 def _check_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
@@ -321,6 +408,12 @@ def _check_env(env: Mapping[str, str] | None) -> dict[str, str] | None:
         if not key or "=" in key or "\0" in key or "\0" in value:
             message = f"invalid environment variable {key!r}={value!r}"
             raise ValueError(message)
+        try:
+            os.fsencode(key)
+            os.fsencode(value)
+        except UnicodeEncodeError as error:
+            message = f"env variable {key!r} cannot be encoded: {error}"
+            raise ValueError(message) from None
         checked[key] = value
     return checked
 
@@ -336,6 +429,9 @@ def _check_path(option: str, value: Any) -> str | None:
     if not isinstance(path, str):
         message = f"{option} must be a str path, not {value!r}"
         raise TypeError(message)
+    if "\0" in path:
+        message = f"{option} must not contain a NUL character: {path!r}"
+        raise ValueError(message)
     return path
 
 
@@ -360,8 +456,11 @@ def _check_fds(fds: Iterable[int]) -> tuple[int, ...]:
         raise TypeError(message)
     checked = set()
     for fd in fds:
-        if not isinstance(fd, int) or isinstance(fd, bool) or fd < 0:
-            message = f"pass_fds must hold non-negative ints, not {fd!r}"
+        if not isinstance(fd, int) or isinstance(fd, bool):
+            message = f"pass_fds must hold ints, not {fd!r}"
+            raise TypeError(message)
+        if fd < 0:
+            message = f"pass_fds must hold fds of 0 or above, not {fd}"
             raise ValueError(message)
         checked.add(fd)
     return tuple(sorted(checked))

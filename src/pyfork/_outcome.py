@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._errors import ChildError
 from ._protocol import (
+    EXIT_NO_INIT,
     EXIT_START_FAILED,
     RECORD_EXITED,
     RECORD_RAISED,
@@ -15,9 +16,11 @@ from ._protocol import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from types import ModuleType
     from typing import Any
+
+# Lines of a captured stderr that a ChildError quotes.
+_STDERR_TAIL_LINES = 10
 
 #: ChildError.stage values, in the order a child goes through them.
 STAGE_NO_INIT = "no_init"
@@ -112,6 +115,13 @@ def _without_record(pid: int, name: str, returncode: int) -> Outcome:
             f"{returncode}); its stderr says why"
         )
         stage = STAGE_START
+    elif returncode == EXIT_NO_INIT:
+        message = (
+            f"the child exited with code {returncode} before it reached "
+            "pyfork.init(), or called fork() before it; its stderr says "
+            "which"
+        )
+        stage = STAGE_NO_INIT
     else:
         message = (
             f"the child exited with code {returncode} before it reached "
@@ -168,56 +178,105 @@ def _exit_failure(
     return Outcome(error=_failure(STAGE_EXIT, message, pid, name, returncode))
 
 
-def read_outcome(
-    backend: ModuleType,
-    fd: int,
+class RawRecord:
+    """The undecoded contents of a result file, or why it cannot be read."""
+
+    __slots__ = ("body", "encoding", "error")
+
+    def __init__(
+        self,
+        encoding: int = 0,
+        body: bytes | bytearray | memoryview | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        self.encoding = encoding
+        self.body = body
+        self.error = error
+
+
+def read_record(backend: ModuleType, fd: int, token: bytes) -> RawRecord:
+    """Read the record in the result file ``fd`` without decoding it."""
+    try:
+        raw = backend.read_record(fd, token)
+    except Exception as error:
+        return RawRecord(error=error)
+    if raw is None:
+        return RawRecord()
+    return RawRecord(raw[0], raw[1])
+
+
+def classify_record(
+    raw: RawRecord,
     *,
-    token: bytes,
     pid: int,
     name: str,
     returncode: int,
-    stderr_tail: Callable[[], str | None],
+    status_lost: bool,
+    stderr: bytes | None,
 ) -> Outcome:
-    """Read the record in the result file ``fd`` and classify it.
+    """Decode a record and classify it with the child's exit code.
 
-    ``stderr_tail`` returns the end of a captured stderr, which a failure
-    before the function started quotes.
+    ``status_lost`` says that the exit code is unknown (someone else
+    reaped the child), so only the record counts. ``stderr`` is what
+    communicate() captured; a failure before the function started quotes
+    its last lines.
     """
-    outcome = _read_outcome(
-        backend, fd, token=token, pid=pid, name=name, returncode=returncode
-    )
+    if returncode < 0:
+        # A signal death is never hidden behind an unreadable record.
+        return classify(None, pid, name, returncode)
+    outcome = _decode_and_classify(raw, pid, name, returncode, status_lost)
     error = outcome.error
-    if error is not None and error["stage"] in (STAGE_NO_INIT, STAGE_START):
-        tail = stderr_tail()
-        if tail:
-            error["message"] += f"\n\nLast lines of its stderr:\n{tail}"
+    if stderr and error and error["stage"] in (STAGE_NO_INIT, STAGE_START):
+        lines = stderr.decode(errors="replace").splitlines()
+        tail = "\n".join(lines[-_STDERR_TAIL_LINES:])
+        error["message"] += f"\n\nLast lines of its stderr:\n{tail}"
     return outcome
 
 
-def _read_outcome(
-    backend: ModuleType,
-    fd: int,
-    *,
-    token: bytes,
-    pid: int,
-    name: str,
-    returncode: int,
+def _classify_lost_status(
+    record: tuple[Any, ...] | None, pid: int, name: str, returncode: int
+) -> Outcome:
+    """Classify a child whose exit status is unknown by its record alone."""
+    if record is not None and record[0] == RECORD_RETURNED:
+        return Outcome(value=record[1])
+    if record is not None and record[0] in (
+        RECORD_RAISED,
+        RECORD_START_FAILED,
+    ):
+        return classify(record, pid, name, returncode)
+    message = (
+        "its exit status was lost, because something else reaped it "
+        "(SIGCHLD set to SIG_IGN, or os.wait())"
+    )
+    return Outcome(error=_failure(STAGE_EXIT, message, pid, name, returncode))
+
+
+def _decode_and_classify(
+    raw: RawRecord, pid: int, name: str, returncode: int, status_lost: bool
 ) -> Outcome:
     try:
-        raw = backend.read_record(fd, token)
-        record = None if raw is None else decode_body(*raw)
+        if raw.error is not None:
+            raise raw.error
+        record = None
+        if raw.body is not None:
+            record = decode_body(raw.encoding, raw.body)
     except Exception as error:
         message = f"cannot read the result: {type(error).__name__}: {error}"
         return Outcome(
             error=_failure(STAGE_RESULT, message, pid, name, returncode),
             cause=error,
         )
-    if record is None or (type(record) is tuple and record):
-        try:
-            return classify(record, pid, name, returncode)
-        except (IndexError, TypeError, ValueError):
-            pass
-    message = "the result file does not hold a pyfork record"
-    return Outcome(
-        error=_failure(STAGE_RESULT, message, pid, name, returncode)
-    )
+    if record is not None and (type(record) is not tuple or not record):
+        message = "the result file does not hold a pyfork record"
+        return Outcome(
+            error=_failure(STAGE_RESULT, message, pid, name, returncode)
+        )
+    if status_lost:
+        return _classify_lost_status(record, pid, name, returncode)
+    try:
+        return classify(record, pid, name, returncode)
+    except (IndexError, TypeError, ValueError):
+        message = "the result file does not hold a pyfork record"
+        return Outcome(
+            error=_failure(STAGE_RESULT, message, pid, name, returncode)
+        )

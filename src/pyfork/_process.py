@@ -8,23 +8,25 @@ import time
 
 from ._backend import backend
 from ._errors import TimeoutExpired
-from ._outcome import Outcome, read_outcome
+from ._outcome import Outcome, RawRecord, classify_record, read_record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import TracebackType
     from typing import IO, Any
 
-# Lines of a piped stderr that a ChildError quotes.
-_STDERR_TAIL_LINES = 10
-
 # Seconds that wait() gives a child to exit after Ctrl-C, as subprocess
 # does, before it re-raises KeyboardInterrupt.
 _SIGINT_GRACE = 0.25
 
+# Result records up to this size are read when the child is reaped, so a
+# handle that is kept after wait() holds no fd.
+_SMALL_RECORD = 64 * 1024
+
 # Children whose handle was dropped before they were reaped, with their
-# unread payload paths. fork() and Process.__del__ reap them without
-# blocking.
+# unread payload paths. Process.__del__ appends without a lock, since it
+# can run inside a garbage collection in any thread; fork() reaps them
+# without blocking.
 _orphans: list[tuple[int, str | None, tuple[int, int] | None]] = []
 _orphans_lock = _thread.allocate_lock()
 
@@ -49,20 +51,22 @@ def _remove_unread_payload(
 
 def reap_orphans() -> None:
     """Reap dropped children that have exited, without blocking."""
-    if not _orphans:
-        return
-    with _orphans_lock:
-        running = []
-        for pid, path, identity in _orphans:
+    if not _orphans or not _orphans_lock.acquire(False):
+        return  # none, or another thread is reaping them
+    try:
+        batch = _orphans.copy()
+        del _orphans[: len(batch)]
+        for pid, path, identity in batch:
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 done = pid  # reaped elsewhere
             if done == 0:
-                running.append((pid, path, identity))
+                _orphans.append((pid, path, identity))
             else:
                 _remove_unread_payload(path, identity)
-        _orphans[:] = running
+    finally:
+        _orphans_lock.release()
 
 
 def _exit_code(info: os.waitid_result) -> int:
@@ -163,6 +167,8 @@ class Process:
         self.name = name
         self.returncode: int | None = None
         self._reaped = False
+        self._status_lost = False
+        self._record: RawRecord | None = None
         self.stdin, self.stdout, self.stderr = streams
         self._captured: tuple[bytes | None, bytes | None] | None = None
         self._transfer: _Transfer | None = None
@@ -172,7 +178,8 @@ class Process:
         self._payload_path = payload_path
         self._payload_identity = payload_identity
         self._wait_lock = _thread.allocate_lock()
-        self._result_lock = _thread.allocate_lock()
+        # Reentrant: result() holds it while a wait may collect the record.
+        self._result_lock = _thread.RLock()
 
     def __repr__(self) -> str:
         return (
@@ -198,6 +205,7 @@ class Process:
                 # os.wait()), so its status is lost. 255 is not success.
                 info = None
                 self.returncode = 255
+                self._status_lost = True
             if info is None and self.returncode is None:
                 return None
             if info is not None:
@@ -208,6 +216,7 @@ class Process:
             pass  # reaped already: see above
         self._reaped = True
         _remove_unread_payload(self._payload_path, self._payload_identity)
+        self._collect_record(_SMALL_RECORD)
         return self.returncode
 
     def poll(self) -> int | None:
@@ -268,43 +277,40 @@ class Process:
         Later calls return the same value or raise an equal ChildError.
         """
         self.wait(timeout)
+        assert self.returncode is not None
         with self._result_lock:
             if self._outcome is None:
-                self._outcome = self._read_outcome()
+                self._collect_record(None)
+                assert self._record is not None
+                self._outcome = classify_record(
+                    self._record,
+                    pid=self.pid,
+                    name=self.name,
+                    returncode=self.returncode,
+                    status_lost=self._status_lost,
+                    stderr=None
+                    if self._captured is None
+                    else self._captured[1],
+                )
         return self._outcome.unwrap()
 
-    def _read_outcome(self) -> Outcome:
-        assert self.returncode is not None
-        fd, self._result_fd = self._result_fd, None
-        assert fd is not None
-        try:
-            return read_outcome(
-                backend,
-                fd,
-                token=self._token,
-                pid=self.pid,
-                name=self.name,
-                returncode=self.returncode,
-                stderr_tail=self._stderr_tail,
-            )
-        finally:
-            os.close(fd)
+    def _collect_record(self, limit: int | None) -> None:
+        """Read the result record and close the result file.
 
-    def _stderr_tail(self) -> str | None:
-        """Return the last lines the child wrote to a piped stderr."""
-        if self._captured is not None:
-            data = self._captured[1]
-        elif self.stderr is not None and not self.stderr.closed:
-            # The child has exited, so the read ends unless a grandchild
-            # holds the pipe open; non-blocking mode covers that case.
-            os.set_blocking(self.stderr.fileno(), False)
-            data = self.stderr.read()
-        else:
-            data = None
-        if not data:
-            return None
-        lines = data.decode(errors="replace").splitlines()
-        return "\n".join(lines[-_STDERR_TAIL_LINES:])
+        Leaves a record larger than ``limit`` bytes for result() to read.
+        """
+        with self._result_lock:
+            fd = self._result_fd
+            if fd is None:
+                return
+            try:
+                if limit is not None and os.fstat(fd).st_size > limit:
+                    return
+            except OSError:
+                pass  # read_record() reports it
+            self._record = read_record(backend, fd, self._token)
+            self._result_fd = None
+            os.close(fd)
 
     def communicate(
         self, input: bytes | None = None, timeout: float | None = None
@@ -370,7 +376,6 @@ class Process:
             self._result_fd = None
         self.poll()
         if not self._reaped:
-            with _orphans_lock:
-                _orphans.append(
-                    (self.pid, self._payload_path, self._payload_identity)
-                )
+            _orphans.append(
+                (self.pid, self._payload_path, self._payload_identity)
+            )

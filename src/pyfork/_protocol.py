@@ -76,6 +76,10 @@ CHECK_SIZE = 8
 _MARSHAL_MAX_DEPTH = 1500
 # Larger payloads go through pickle rather than a slow walk in Python.
 _MARSHAL_MAX_ITEMS = 10_000
+# Bodies at least this large are mapped, not copied, by a child that reads
+# an anonymous payload, and requests whose strings and bytes add up to
+# more go through pickle, which the parent streams into the file.
+LARGE_BODY = 1 << 20
 _MARSHAL_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
@@ -177,8 +181,9 @@ def check_header(
     return header[7]
 
 
-def _fits_marshal(value: object) -> bool:
-    """Return whether marshal round-trips ``value`` exactly as pickle would.
+def fits_marshal(value: object) -> bool:
+    """Return whether marshal round-trips ``value`` exactly as pickle would,
+    and the value is small enough for marshal to be the faster choice.
 
     marshal writes any buffer (bytearray, memoryview, array) as bytes and
     accepts code objects, so only exact builtin types qualify.
@@ -187,11 +192,17 @@ def _fits_marshal(value: object) -> bool:
     # Every item pushed counts, so a large container is rejected before
     # its items are copied onto the stack.
     budget = _MARSHAL_MAX_ITEMS
+    size_budget = LARGE_BODY
     while stack:
         item, depth = stack.pop()
         if depth > _MARSHAL_MAX_DEPTH:
             return False
         kind = type(item)
+        if kind is str or kind is bytes:
+            size_budget -= len(item)
+            if size_budget < 0:
+                return False
+            continue
         if kind in _MARSHAL_ATOMS:
             continue
         if kind is tuple or kind is list or kind is set or kind is frozenset:
@@ -216,7 +227,7 @@ def encode_body(request: tuple[Any, ...]) -> tuple[int, bytes]:
 
     Raises whatever pickle raises for a value that cannot be pickled.
     """
-    if _fits_marshal(request):
+    if fits_marshal(request):
         return ENCODING_MARSHAL, marshal.dumps(request)
     try:
         from _pickle import dumps
@@ -233,7 +244,30 @@ RECORD_RAISED = "raised"
 RECORD_START_FAILED = "start_failed"
 
 
-def decode_body(encoding: int, body: bytes | bytearray) -> object:
+def stream_body(fd: int, request: tuple[Any, ...]) -> int:
+    """Pickle ``request`` into ``fd`` after the header. Return its size.
+
+    Large bytes and str objects go to the file without an extra copy in
+    memory, which ``encode_body()`` would make. Raises what pickle raises.
+    """
+    import os
+    from pickle import dump
+
+    os.lseek(fd, HEADER_SIZE, os.SEEK_SET)
+    with open(fd, "wb", closefd=False) as stream:
+        dump(request, stream, protocol=-1)
+    return os.lseek(fd, 0, os.SEEK_CUR) - HEADER_SIZE
+
+
+def map_body(fd: int, body_size: int) -> memoryview:
+    """Map the body of an anonymous payload file instead of copying it."""
+    import mmap
+
+    mapping = mmap.mmap(fd, HEADER_SIZE + body_size, prot=mmap.PROT_READ)
+    return memoryview(mapping)[HEADER_SIZE:]
+
+
+def decode_body(encoding: int, body: bytes | bytearray | memoryview) -> object:
     """Decode a body. Raises what marshal or pickle raises for bad data."""
     if encoding == ENCODING_MARSHAL:
         return marshal.loads(body)

@@ -17,11 +17,13 @@ from ._protocol import (
     CHECK_OWNER,
     CHECK_SIZE,
     HEADER_SIZE,
+    LARGE_BODY,
     MARKER,
     Marker,
     PayloadError,
     build_header,
     check_header,
+    map_body,
 )
 
 TYPE_CHECKING = False
@@ -32,12 +34,32 @@ if TYPE_CHECKING:
 _NO_FALLBACK_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
 
+def _move_above_stdio(fd: int) -> int:
+    """Move a new fd to 3 or above, where the child's stdio cannot be.
+
+    With 0, 1 or 2 closed in the parent, a new file lands there.
+    """
+    if fd > 2:
+        return fd
+    import fcntl
+
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
 def _make_named_file(directory: str) -> tuple[int, str]:
     import tempfile
 
     # mkstemp() opens with O_EXCL and O_NOFOLLOW, mode 0600, and os.open()
     # sets close-on-exec.
-    return tempfile.mkstemp(prefix="pyfork-", dir=directory)
+    fd, path = tempfile.mkstemp(prefix="pyfork-", dir=directory)
+    try:
+        return _move_above_stdio(fd), path
+    except OSError:
+        os.unlink(path)
+        raise
 
 
 def _write_all(fd: int, buffers: list[bytes]) -> None:
@@ -59,7 +81,7 @@ def create_anonymous_file() -> int:
     Raises OSError with the fallback directory as filename.
     """
     try:
-        return os.memfd_create("pyfork", os.MFD_CLOEXEC)
+        return _move_above_stdio(os.memfd_create("pyfork", os.MFD_CLOEXEC))
     except OSError as error:
         if error.errno in _NO_FALLBACK_ERRNOS:
             raise
@@ -82,15 +104,27 @@ def write_record(fd: int, token: bytes, encoding: int, body: bytes) -> None:
     os.ftruncate(fd, len(header) + len(body))
 
 
-def read_record(fd: int, token: bytes) -> tuple[int, bytearray] | None:
+def write_header(fd: int, token: bytes, encoding: int, body_size: int) -> None:
+    """Write the header of a body that is already in place. Raises OSError."""
+    header = build_header(token, encoding, body_size)
+    written = os.pwrite(fd, header, 0)
+    if written != len(header):
+        raise OSError(errno.EIO, "short write of the payload header")
+
+
+def read_record(
+    fd: int, token: bytes
+) -> tuple[int, bytearray | memoryview] | None:
     """Read the record that a child wrote to its result file.
 
-    Returns None when the file is empty. Raises PayloadError.
+    Returns None when the file holds no record yet: it is empty, or holds
+    the empty record that the parent writes first. Raises PayloadError.
     """
     if os.fstat(fd).st_size == 0:
         return None
     try:
-        return _read_checked(fd, False, token, "result file", None)
+        record = _read_checked(fd, False, token, "result file", None)
+        return record if len(record[1]) else None
     except OSError as error:
         message = f"cannot read result file: {error.strerror}"
         raise PayloadError(message) from None
@@ -132,11 +166,16 @@ def remove_payload(path: str) -> None:
 
 
 def _inheritable_fds(keep_fds: Sequence[int]) -> list[int]:
-    """Return the inheritable fds above 2 that are not in ``keep_fds``."""
+    """Return the inheritable fds above 2 that are not in ``keep_fds``.
+
+    Fds at or above the fd limit are left out, since posix_spawn() rejects
+    close actions for them; such an fd reaches the child.
+    """
+    open_max = os.sysconf("SC_OPEN_MAX")
     found = []
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
-        if fd < 3 or fd in keep_fds:
+        if fd < 3 or fd in keep_fds or fd >= open_max > 0:
             continue
         try:
             if os.get_inheritable(fd):
@@ -238,7 +277,7 @@ def _check_file(fd: int, named: bool, source: str) -> int:
     return info.st_size
 
 
-def read_payload(marker: Marker) -> tuple[int, bytearray]:
+def read_payload(marker: Marker) -> tuple[int, bytearray | memoryview]:
     """Open, check and read the payload. Return its encoding and body.
 
     A named file is unlinked once it passes the checks, before the body
@@ -271,8 +310,11 @@ def read_payload(marker: Marker) -> tuple[int, bytearray]:
 
 def _read_checked(
     fd: int, named: bool, token: bytes, source: str, path: str | None
-) -> tuple[int, bytearray]:
-    """Check the file behind ``fd``, unlink ``path``, and read the body."""
+) -> tuple[int, bytearray | memoryview]:
+    """Check the file behind ``fd``, unlink ``path``, and read the body.
+
+    A large body of an anonymous file is mapped instead of read.
+    """
     size = _check_file(fd, named, source)
     header = _read_at(fd, min(size, HEADER_SIZE), 0, source)
     try:
@@ -285,7 +327,10 @@ def _read_checked(
         except OSError as error:
             message = f"cannot remove {source}: {error.strerror}"
             raise PayloadError(message) from None
-    return encoding, _read_at(fd, size - HEADER_SIZE, HEADER_SIZE, source)
+    body_size = size - HEADER_SIZE
+    if not named and body_size >= LARGE_BODY:
+        return encoding, map_body(fd, body_size)
+    return encoding, _read_at(fd, body_size, HEADER_SIZE, source)
 
 
 def _close_quietly(fd: int) -> None:

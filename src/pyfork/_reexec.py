@@ -243,13 +243,20 @@ def _module_start_dir() -> str | None:
     return _STARTUP_PATH0
 
 
-def _check_executable(executable: str) -> None:
-    """Raise SpawnError for an executable that is missing or not runnable."""
+def _check_executable(executable: str, given: bool) -> None:
+    """Raise SpawnError for an executable that is missing or not runnable.
+
+    ``given`` says that it came from ``Fork(executable=...)``, not from
+    ``sys.executable``, for the message.
+    """
     if not executable:
-        message = (
-            "cannot re-execute this program: sys.executable is empty, so "
-            "the interpreter is unknown; " + _WAY_OUT
-        )
+        if given:
+            message = "Fork(executable=...) must not be empty"
+        else:
+            message = (
+                "cannot re-execute this program: sys.executable is empty, "
+                "so the interpreter is unknown; " + _WAY_OUT
+            )
         raise PyforkError(message)
     if not os.path.exists(executable):
         err = errno.ENOENT
@@ -323,14 +330,14 @@ def child_command(
         if _command is None:
             launch = plan()
             launch.check()
-            _check_executable(launch.executable)
+            _check_executable(launch.executable, given=False)
             # Checked once: an interpreter removed later makes the spawn
             # fail with SpawnError instead.
             _command = launch
         return _command
     launch = plan(executable=executable, argv=argv)
     launch.check()
-    _check_executable(launch.executable)
+    _check_executable(launch.executable, given=executable is not None)
     return launch
 
 

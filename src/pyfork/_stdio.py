@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from ._errors import PyforkError
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import IO, Any
@@ -28,18 +30,29 @@ def check_spec(spec: Any, index: int) -> None:
             return
         message = f"pyfork.STDOUT is valid for stderr only, not {name}"
         raise ValueError(message)
-    if isinstance(spec, bool):
-        pass
-    elif isinstance(spec, int):
+    if isinstance(spec, int) and not isinstance(spec, bool):
         if spec >= 0:
             return
-    elif callable(getattr(spec, "fileno", None)):
+        message = f"{name} must be an fd of 0 or above, not {spec}"
+        raise ValueError(message)
+    if callable(getattr(spec, "fileno", None)):
         return
     message = (
         f"{name} must be None, an fd, a file object, pyfork.PIPE or "
         f"pyfork.DEVNULL, not {spec!r}"
     )
-    raise ValueError(message)
+    raise TypeError(message)
+
+
+def _fileno(stream: Any, index: int) -> int:
+    """Return the fd of a file object, or raise naming the stream."""
+    try:
+        fd: int = stream.fileno()
+    except (OSError, ValueError) as error:
+        # io.UnsupportedOperation is both: an in-memory file has no fd.
+        message = f"{_NAMES[index]}: {stream!r} has no file descriptor"
+        raise PyforkError(message) from error
+    return fd
 
 
 class StdioSetup:
@@ -62,10 +75,13 @@ class StdioSetup:
             raise
 
     def _own(self, fd: int) -> int:
-        """Return a close-on-exec copy of ``fd`` at 3 or above."""
-        copy = os.dup(fd) if fd < 3 else fd
-        if copy != fd:
-            self._close_after_spawn.append(copy)
+        """Return ``fd``, or a close-on-exec copy of it at 3 or above."""
+        if fd > 2:
+            return fd
+        import fcntl
+
+        copy = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        self._close_after_spawn.append(copy)
         return copy
 
     def _open(self, index: int, spec: Any) -> None:
@@ -87,7 +103,12 @@ class StdioSetup:
             stdout = self.child_fds[1]
             self.child_fds[index] = stdout if stdout >= 0 else self._own(1)
         else:
-            fd = spec if isinstance(spec, int) else spec.fileno()
+            fd = spec if isinstance(spec, int) else _fileno(spec, index)
+            try:
+                os.fstat(fd)
+            except OSError as error:
+                message = f"{_NAMES[index]}: descriptor {fd} is not open"
+                raise PyforkError(message) from error
             self.child_fds[index] = self._own(fd)
 
     def spawned(self) -> None:
