@@ -75,6 +75,7 @@ def test_doctor_module(run_script: ScriptRunner) -> None:
 
 def test_doctor_json(run_script: ScriptRunner, backend: str) -> None:
     """``doctor --json`` prints the report with an absolute script path."""
+    run_script.write("print('never run')\n")
     report = doctor_json(run_script, "app.py", "a", "b")
     script = str(run_script.directory / "app.py")
 
@@ -89,11 +90,20 @@ def test_doctor_json(run_script: ScriptRunner, backend: str) -> None:
 
 def test_doctor_json_options(run_script: ScriptRunner) -> None:
     """Interpreter options are kept in the report, except -i."""
+    run_script.write("print('never run')\n")
     report = doctor_json(run_script, "-O", "-i", "-X", "dev", "app.py")
     script = str(run_script.directory / "app.py")
 
     assert report["argv"] == [sys.executable, "-O", "-X", "dev", script]
     assert report["refused"] is None
+
+
+def test_doctor_missing_script(run_script: ScriptRunner) -> None:
+    """A script that does not exist is reported as not re-executable."""
+    completed = pyfork_command(run_script, "doctor", "nosuch.py")
+
+    assert completed.returncode == 1
+    assert "nosuch.py does not exist" in completed.stdout
 
 
 def test_doctor_json_command(run_script: ScriptRunner) -> None:

@@ -54,6 +54,7 @@ _marker_value: str | None = None
 # and the pid that may write it: a copy made by os.fork() may not.
 _result_file: tuple[int, bytes, tuple[int, int]] | None = None
 _dispatch_pid = 0
+_function_name = ""
 
 
 def is_child() -> bool:
@@ -110,16 +111,17 @@ def _fail_start(message: str) -> NoReturn:
     os._exit(EXIT_START_FAILED)
 
 
-def _write_record(record: tuple[Any, ...]) -> bool:
+def _write_record(record: tuple[Any, ...]) -> Exception | None:
     """Replace the contents of the result file with ``record``.
 
     Writes only from the dispatching process, and only while the fd still
     refers to the adopted file: the function may have closed it and
-    opened another file at the same number. Returns False, after a message
-    on stderr, when it cannot be written.
+    opened another file at the same number. A file that cannot be written
+    is reported on stderr. Returns the error when the record cannot be
+    pickled, else None.
     """
     if _result_file is None or os.getpid() != _dispatch_pid:
-        return True
+        return None
     from ._backend import backend
 
     fd, token, identity = _result_file
@@ -129,18 +131,16 @@ def _write_record(record: tuple[Any, ...]) -> bool:
         info = None
     if info is None or (info.st_dev, info.st_ino) != identity:
         _report(f"the result file at fd {fd} was closed; no result is sent")
-        return False
+        return None
     try:
         encoding, body = encode_body(record)
     except Exception as error:
-        _report(f"cannot pickle the result: {type(error).__name__}: {error}")
-        return False
+        return error
     try:
         backend.write_record(fd, token, encoding, body)
     except OSError as error:
         _report(f"cannot write the result file: {error.strerror}")
-        return False
-    return True
+    return None
 
 
 def _adopt_result_file(fd: int | None, token: bytes) -> None:
@@ -218,7 +218,7 @@ def _dispatch() -> NoReturn:
 
 
 def _run_request() -> NoReturn:
-    global _depth
+    global _depth, _function_name
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -236,6 +236,7 @@ def _run_request() -> NoReturn:
         _fail_start(f"cannot change to the working directory: {error}")
     _depth = request_depth
     sys.argv[:] = argv  # the parent's, where argv[0] may be relative
+    _function_name = repr(name)
     _write_record((RECORD_STARTED,))
     _finish(_call(function, args, kwargs))
 
@@ -263,30 +264,39 @@ def _call(
         sys.excepthook(type(error), error, traceback)
         _write_record(_raised_record(error, traceback))
         return 1
-    if _write_record((RECORD_RETURNED, value)):
+    pickle_error = _write_record((RECORD_RETURNED, value))
+    if pickle_error is None:
         return 0
-    # The value cannot be pickled: report that as the function's failure.
-    try:
-        encode_body((value,))
-    except Exception as error:
-        _write_record(_raised_record(error, error.__traceback__))
+    # A value that cannot be pickled is the function's failure.
+    message = (
+        f"cannot pickle the return value of {_function_name}: {pickle_error}"
+    )
+    _report(message)
+    traceback = pickle_error.__traceback__
+    _write_record(_raised_record(pickle_error, traceback, message))
     return 1
 
 
 def _raised_record(
-    error: BaseException, traceback: TracebackType | None
+    error: BaseException,
+    traceback: TracebackType | None,
+    message: str | None = None,
 ) -> tuple[Any, ...]:
-    """Describe an exception for the parent, with the exception pickled."""
+    """Describe an exception for the parent, with the exception pickled.
+
+    ``message`` replaces ``str(error)`` in the description.
+    """
     import traceback as traceback_module
 
     kind = type(error)
     type_name = kind.__qualname__
     if kind.__module__ != "builtins":
         type_name = f"{kind.__module__}.{type_name}"
-    try:
-        message = str(error)
-    except Exception:
-        message = f"<str() of {type_name} failed>"
+    if message is None:
+        try:
+            message = str(error)
+        except Exception:
+            message = f"<str() of {type_name} failed>"
     text = "".join(traceback_module.format_exception(kind, error, traceback))
     try:
         from _pickle import dumps

@@ -6,8 +6,9 @@ import os
 import sys
 
 from ._backend import BACKEND
+from ._child import STARTUP_CWD
 from ._protocol import MARKER
-from ._reexec import plan
+from ._reexec import parse_orig_argv, plan
 from ._version import __version__
 
 TYPE_CHECKING = False
@@ -26,6 +27,9 @@ def doctor(orig_argv: list[str] | None = None) -> dict[str, Any]:
     refused (None when it is not).
     """
     launch = plan(orig_argv)
+    problem = launch.problem
+    if problem is None and orig_argv is not None:
+        problem = _missing_program(orig_argv)
     removed = [name for name in ("PYTHONINSPECT",) if name in os.environ]
     return {
         "pyfork_version": __version__,
@@ -36,8 +40,19 @@ def doctor(orig_argv: list[str] | None = None) -> dict[str, Any]:
         "start_directory": launch.cwd or os.getcwd(),
         "environment_added": [MARKER],
         "environment_removed": removed,
-        "refused": launch.problem,
+        "refused": problem,
     }
+
+
+def _missing_program(orig_argv: list[str]) -> str | None:
+    """Return why a described script cannot start, or None."""
+    mode = parse_orig_argv(orig_argv)
+    if mode.kind != "script":
+        return None
+    script = os.path.join(STARTUP_CWD, mode.rest[0])
+    if os.path.exists(script):
+        return None
+    return f"the script {script} does not exist"
 
 
 def format_report(report: dict[str, Any]) -> str:
