@@ -19,6 +19,7 @@ from ._protocol import (
     stream_body,
 )
 from ._reexec import LaunchPlan, child_command
+from ._stdio import INHERIT_STDIO as _INHERIT_STDIO
 from ._stdio import StdioSetup, check_spec
 
 TYPE_CHECKING = False
@@ -105,9 +106,9 @@ def _takes_exactly(function: Callable[..., Any], count: int) -> bool:
     )
 
 
-def _encode(request: tuple[Any, ...]) -> tuple[int, bytes]:
+def _encode(request: tuple[Any, ...], use_marshal: bool) -> tuple[int, bytes]:
     try:
-        return encode_body(request)
+        return encode_body(request, use_marshal)
     except Exception as error:
         _raise_unpicklable(request, error)
 
@@ -214,6 +215,7 @@ class Fork:
         self.process_group = _check_process_group(process_group)
         self.transport = transport
         self._launch: LaunchPlan | None = None
+        self._redirects = any(spec is not None for spec in self.stdio)
 
     def __repr__(self) -> str:
         return f"pyfork.Fork({self.function!r}, transport={self.transport!r})"
@@ -243,12 +245,13 @@ class Fork:
         # A large anonymous payload is pickled straight into its file.
         # Everything else is encoded first, so an argument that cannot be
         # pickled creates no file at all.
-        streamed = self.transport == "fd" and not fits_marshal(request)
-        encoded = None if streamed else _encode(request)
+        use_marshal = fits_marshal(request)
+        streamed = self.transport == "fd" and not use_marshal
+        encoded = None if streamed else _encode(request, use_marshal)
         token = os.urandom(TOKEN_SIZE)
         directory = _payload_directory() if self.transport == "path" else None
 
-        stdio = StdioSetup(self.stdio)
+        stdio = StdioSetup(self.stdio) if self._redirects else _INHERIT_STDIO
         files = _ChildFiles()
         try:
             files.result_fd = _create_file(
@@ -562,4 +565,19 @@ def fork(
     ``function`` is the registered name or the function itself. Every
     other argument goes to the function, so options live on ``Fork``.
     """
-    return Fork(function).start(*args, **kwargs)
+    try:
+        spec = _default_forks.get(function)
+    except TypeError:  # an unhashable callable
+        return Fork(function).start(*args, **kwargs)
+    if spec is None:
+        spec = Fork(function)
+        if len(_default_forks) >= _DEFAULT_FORKS_SIZE:
+            _default_forks.clear()
+        _default_forks[function] = spec
+    return spec.start(*args, **kwargs)
+
+
+# fork() reuses one Fork without options per function, which keeps the
+# checks of the options and the launch plan off each call.
+_default_forks: dict[str | Callable[..., Any], Fork] = {}
+_DEFAULT_FORKS_SIZE = 64

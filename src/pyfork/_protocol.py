@@ -222,12 +222,18 @@ def fits_marshal(value: object) -> bool:
     return True
 
 
-def encode_body(request: tuple[Any, ...]) -> tuple[int, bytes]:
+def encode_body(
+    request: tuple[Any, ...], use_marshal: bool | None = None
+) -> tuple[int, bytes]:
     """Encode a request or a record. Return the encoding and the body.
 
-    Raises whatever pickle raises for a value that cannot be pickled.
+    ``use_marshal`` is what fits_marshal() returns for the request, when
+    the caller has it already. Raises whatever pickle raises for a value
+    that cannot be pickled.
     """
-    if fits_marshal(request):
+    if use_marshal is None:
+        use_marshal = fits_marshal(request)
+    if use_marshal:
         return ENCODING_MARSHAL, marshal.dumps(request)
     try:
         from _pickle import dumps

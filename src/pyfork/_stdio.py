@@ -132,3 +132,7 @@ class StdioSetup:
             None if fd is None else open(fd, mode)
             for fd, mode in zip(self.parent_fds, modes, strict=True)
         )
+
+
+#: The setup of a child that inherits all three streams: nothing to open.
+INHERIT_STDIO = StdioSetup((None, None, None))
