@@ -6,18 +6,11 @@ Register functions, call ``pyfork.init()`` early, then call
 
 Every program that forks imports this package at start-up, and so does
 every child, so only what ``register()`` and ``init()`` need is imported
-here. The backend, with the compiled core, and the parent-side API load
-on first use.
+here. The backend, with the compiled core, the exceptions and the
+parent-side API load on first use.
 """
 
 from ._child import init, is_child
-from ._errors import (
-    ChildError,
-    NotRegisteredError,
-    PyforkError,
-    SpawnError,
-    TimeoutExpired,
-)
 from ._protocol import EXIT_NO_INIT, EXIT_START_FAILED
 from ._registry import register
 from ._version import __version__
@@ -26,6 +19,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._backend import BACKEND
     from ._doctor import doctor
+    from ._errors import (
+        ChildError,
+        NotRegisteredError,
+        PyforkError,
+        SpawnError,
+        TimeoutExpired,
+    )
     from ._fork import DEFAULT_MAX_DEPTH, Fork, fork
     from ._process import Process
     from ._stdio import DEVNULL, PIPE, STDOUT
@@ -33,6 +33,11 @@ if TYPE_CHECKING:
 # The submodule that defines each name loaded on first use.
 _LAZY_NAMES = {
     "BACKEND": "_backend",
+    "ChildError": "_errors",
+    "NotRegisteredError": "_errors",
+    "PyforkError": "_errors",
+    "SpawnError": "_errors",
+    "TimeoutExpired": "_errors",
     "DEFAULT_MAX_DEPTH": "_fork",
     "DEVNULL": "_stdio",
     "Fork": "_fork",

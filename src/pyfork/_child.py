@@ -1,16 +1,15 @@
 """The child side: ``init()``, the dispatch to the function, and the exit.
 
 Everything here runs on every fork before the function starts, so it
-imports nothing that the interpreter has not loaded at start-up.
+imports nothing that the interpreter has not loaded at start-up, and
+annotations that need typing are strings instead of a ``from
+__future__`` import.
 """
-
-from __future__ import annotations
 
 import os
 import sys
 
 from . import _registry
-from ._errors import PyforkError
 from ._protocol import (
     EXIT_NO_INIT,
     EXIT_START_FAILED,
@@ -82,6 +81,8 @@ def check_can_fork() -> None:
             "call pyfork.init() before pyfork.fork(): in the child, "
             "init() is what runs the function"
         )
+    from ._errors import PyforkError
+
     raise PyforkError(message)
 
 
@@ -104,14 +105,14 @@ def _report(message: str) -> None:
     sys.stderr.write(f"pyfork: child {os.getpid()}: {message}\n")
 
 
-def _fail_start(message: str) -> NoReturn:
+def _fail_start(message: str) -> "NoReturn":
     _report(message)
     _write_record((RECORD_START_FAILED, message))
     _flush_stdio()
     os._exit(EXIT_START_FAILED)
 
 
-def _write_record(record: tuple[Any, ...]) -> Exception | None:
+def _write_record(record: "tuple[Any, ...]") -> Exception | None:
     """Replace the contents of the result file with ``record``.
 
     Writes only from the dispatching process, and only while the fd still
@@ -167,9 +168,9 @@ def _adopt_result_file(fd: int | None, token: bytes) -> None:
     _result_file = (fd, token, (info.st_dev, info.st_ino))
 
 
-def _read_request() -> tuple[
-    str, tuple[Any, ...], dict[str, Any], str, int, list[str]
-]:
+def _read_request() -> (
+    "tuple[str, tuple[Any, ...], dict[str, Any], str, int, list[str]]"
+):
     from ._backend import backend
 
     assert _marker_value is not None
@@ -205,7 +206,7 @@ def _read_request() -> tuple[
     return request
 
 
-def _dispatch() -> NoReturn:
+def _dispatch() -> "NoReturn":
     """Run the function of this child and exit; nothing escapes init()."""
     global _dispatch_pid
     _dispatch_pid = os.getpid()
@@ -217,7 +218,7 @@ def _dispatch() -> NoReturn:
         os._exit(EXIT_START_FAILED)
 
 
-def _run_request() -> NoReturn:
+def _run_request() -> "NoReturn":
     global _depth, _function_name
     import threading
 
@@ -242,7 +243,9 @@ def _run_request() -> NoReturn:
 
 
 def _call(
-    function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    function: "Callable[..., Any]",
+    args: "tuple[Any, ...]",
+    kwargs: "dict[str, Any]",
 ) -> int:
     """Run the function, record its outcome, and return the exit code."""
     try:
@@ -279,9 +282,9 @@ def _call(
 
 def _raised_record(
     error: BaseException,
-    traceback: TracebackType | None,
+    traceback: "TracebackType | None",
     message: str | None = None,
-) -> tuple[Any, ...]:
+) -> "tuple[Any, ...]":
     """Describe an exception for the parent, with the exception pickled.
 
     ``message`` replaces ``str(error)`` in the description.
@@ -346,7 +349,7 @@ def _shut_down() -> None:
     atexit._run_exitfuncs()
 
 
-def _finish(code: int) -> NoReturn:
+def _finish(code: int) -> "NoReturn":
     """Exit the child with ``code``, skipping interpreter finalization.
 
     Non-daemon threads are joined and atexit functions run, as at a normal
@@ -358,7 +361,7 @@ def _finish(code: int) -> NoReturn:
     os._exit(code & 0xFF)
 
 
-def _exit_by_sigint() -> NoReturn:
+def _exit_by_sigint() -> "NoReturn":
     """Exit as killed by SIGINT, without a traceback.
 
     The parent got the same Ctrl-C and reports it, so the child stays

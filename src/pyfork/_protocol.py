@@ -22,10 +22,9 @@ message, traceback_text, pickled_exception)`` or
 ``("start_failed", message)``, each replacing the one before.
 
 This module runs in every child before the function, so it imports
-nothing beyond what the interpreter loads at start-up.
+nothing beyond what the interpreter loads at start-up, and annotations
+that need typing are strings instead of a ``from __future__`` import.
 """
-
-from __future__ import annotations
 
 import marshal
 
@@ -223,7 +222,7 @@ def fits_marshal(value: object) -> bool:
 
 
 def encode_body(
-    request: tuple[Any, ...], use_marshal: bool | None = None
+    request: "tuple[Any, ...]", use_marshal: bool | None = None
 ) -> tuple[int, bytes]:
     """Encode a request or a record. Return the encoding and the body.
 
@@ -250,7 +249,7 @@ RECORD_RAISED = "raised"
 RECORD_START_FAILED = "start_failed"
 
 
-def stream_body(fd: int, request: tuple[Any, ...]) -> int:
+def stream_body(fd: int, request: "tuple[Any, ...]") -> int:
     """Pickle ``request`` into ``fd`` after the header. Return its size.
 
     Large bytes and str objects go to the file without an extra copy in

@@ -1,8 +1,8 @@
-"""The registry of functions that a child can run, by name."""
+"""The registry of functions that a child can run, by name.
 
-from __future__ import annotations
-
-from ._errors import NotRegisteredError
+Every child imports this module at start-up, so annotations that need
+typing are strings instead of a ``from __future__`` import.
+"""
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -11,10 +11,10 @@ if TYPE_CHECKING:
 
     F = TypeVar("F", bound=Callable[..., Any])
 
-_functions: dict[str, Callable[..., Any]] = {}
+_functions: "dict[str, Callable[..., Any]]" = {}
 
 
-def _add(name: str, function: Callable[..., Any]) -> None:
+def _add(name: str, function: "Callable[..., Any]") -> None:
     if not isinstance(name, str):
         message = f"function name must be a str, not {type(name).__name__}"
         raise TypeError(message)
@@ -46,10 +46,10 @@ if TYPE_CHECKING:
 
 
 def register(
-    name_or_function: str | Callable[..., Any],
-    function: Callable[..., Any] | None = None,
+    name_or_function: "str | Callable[..., Any]",
+    function: "Callable[..., Any] | None" = None,
     /,
-) -> Any:
+) -> "Any":
     """Register a function that ``pyfork.fork()`` can run in a child.
 
     Three forms:
@@ -71,7 +71,7 @@ def register(
             _add(name, function)
             return function
 
-        def decorator(target: F) -> F:
+        def decorator(target: "F") -> "F":
             _add(name, target)
             return target
 
@@ -96,12 +96,14 @@ def register(
 
 
 def lookup(
-    name_or_function: str | Callable[..., Any],
-) -> tuple[str, Callable[..., Any]]:
+    name_or_function: "str | Callable[..., Any]",
+) -> "tuple[str, Callable[..., Any]]":
     """Return the registered name and function for a name or a function.
 
     Raises NotRegisteredError when it was never registered.
     """
+    from ._errors import NotRegisteredError
+
     if isinstance(name_or_function, str):
         function = _functions.get(name_or_function)
         if function is None:
@@ -122,6 +124,6 @@ def lookup(
     raise NotRegisteredError(message)
 
 
-def get(name: str) -> Callable[..., Any] | None:
+def get(name: str) -> "Callable[..., Any] | None":
     """Return the function registered as ``name``, or None."""
     return _functions.get(name)
