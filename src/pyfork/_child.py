@@ -258,8 +258,9 @@ def _call(
         _exit_by_sigint()
     except BaseException as error:
         # Start the traceback at the function, as if it were the program.
+        # A builtin function has no frame, so nothing is left then.
         traceback = error.__traceback__
-        if traceback is not None and traceback.tb_next is not None:
+        if traceback is not None:
             traceback = traceback.tb_next
         # The default hook prints the exception's own traceback, not its
         # argument, so the exception gets the shortened one.

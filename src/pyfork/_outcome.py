@@ -239,6 +239,8 @@ def _classify_lost_status(
     """Classify a child whose exit status is unknown by its record alone."""
     if record is not None and record[0] == RECORD_RETURNED:
         return Outcome(value=record[1])
+    if record == (RECORD_EXITED, 0):
+        return Outcome(value=None)  # sys.exit(0), success as above
     if record is not None and record[0] in (
         RECORD_RAISED,
         RECORD_START_FAILED,
