@@ -3,9 +3,10 @@
 ``PYFORK_BACKEND=c`` requires the core, ``PYFORK_BACKEND=python`` skips
 it, and when the variable is unset or empty the core is used if it can be
 imported.
-"""
 
-from __future__ import annotations
+Children import this module before their function runs, so annotations
+that need typing are strings instead of a ``from __future__`` import.
+"""
 
 import os
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 
-def _load_core() -> ModuleType:
+def _load_core() -> "ModuleType":
     from . import _cbackend
 
     if __version__ != _cbackend.CORE_VERSION:
@@ -33,7 +34,7 @@ class _StaleCoreError(ImportError):
     """The compiled core does not match the Python package."""
 
 
-def _select() -> tuple[str, ModuleType]:
+def _select() -> "tuple[str, ModuleType]":
     requested = os.environ.get("PYFORK_BACKEND", "")
     if requested not in ("", "c", "python"):
         message = f"PYFORK_BACKEND must be 'c' or 'python', not {requested!r}"

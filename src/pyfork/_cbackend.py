@@ -3,9 +3,9 @@
 This is the only module that imports ``pyfork._core``, so cffi's untyped
 values stay here. Every function has the signature of its counterpart in
 ``_pybackend``.
+Children import this module before their function runs, so annotations
+that need typing are strings instead of a ``from __future__`` import.
 """
-
-from __future__ import annotations
 
 import errno
 import os
@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import Any
 
-ffi: Any = _core.ffi
-lib: Any = _core.lib
+ffi: "Any" = _core.ffi
+lib: "Any" = _core.lib
 
 CORE_VERSION: str = ffi.string(lib.pyfork_core_version()).decode()
 
@@ -43,7 +43,7 @@ def _raise_errno(filename: str | None = None) -> None:
     raise OSError(err, os.strerror(err), filename)
 
 
-def _cstring_array(items: Sequence[bytes]) -> tuple[Any, list[Any]]:
+def _cstring_array(items: "Sequence[bytes]") -> "tuple[Any, list[Any]]":
     """Return a NULL-terminated ``char *[]`` and the buffers it points to."""
     buffers = [ffi.new("char[]", item) for item in items]
     return ffi.new("char *[]", [*buffers, ffi.NULL]), buffers
@@ -131,11 +131,11 @@ def remove_payload(path: str) -> None:
 
 # The C arrays of recent argv lists, with the buffers they point to. A
 # program re-executes itself with the same argv on every fork.
-_argv_arrays: dict[tuple[str, ...], tuple[Any, list[Any]]] = {}
+_argv_arrays: "dict[tuple[str, ...], tuple[Any, list[Any]]]" = {}
 _ARGV_CACHE_SIZE = 8
 
 
-def _argv_array(argv: Sequence[str]) -> tuple[Any, list[Any]]:
+def _argv_array(argv: "Sequence[str]") -> "tuple[Any, list[Any]]":
     """Return a ``char *[]`` for ``argv`` and its buffers, reusing recent
     ones."""
     key = tuple(argv)
@@ -148,7 +148,7 @@ def _argv_array(argv: Sequence[str]) -> tuple[Any, list[Any]]:
     return cached
 
 
-def _environment_block(env: Mapping[str, str] | None, entry: bytes) -> Any:
+def _environment_block(env: "Mapping[str, str] | None", entry: bytes) -> "Any":
     if env is None:
         block = lib.pyfork_env_build_locked(ffi.NULL, _MARKER_NAME, entry)
     else:
@@ -165,12 +165,12 @@ def _environment_block(env: Mapping[str, str] | None, entry: bytes) -> Any:
 
 def spawn(
     executable: str,
-    argv: Sequence[str],
+    argv: "Sequence[str]",
     marker: str,
-    env: Mapping[str, str] | None,
-    keep_fds: Sequence[int],
+    env: "Mapping[str, str] | None",
+    keep_fds: "Sequence[int]",
     *,
-    stdio: Sequence[int] = (-1, -1, -1),
+    stdio: "Sequence[int]" = (-1, -1, -1),
     cwd: str | None = None,
     setsid: bool = False,
     pgroup: int | None = None,

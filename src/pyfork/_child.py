@@ -218,11 +218,22 @@ def _dispatch() -> "NoReturn":
         os._exit(EXIT_START_FAILED)
 
 
+def _in_main_thread() -> bool:
+    """Return whether this is the main thread, without importing threading.
+
+    Importing threading costs milliseconds on every fork, and a program
+    that never imported it has started no other thread through it.
+    """
+    threading = sys.modules.get("threading")
+    if threading is None:
+        return True
+    main: bool = threading.current_thread() is threading.main_thread()
+    return main
+
+
 def _run_request() -> "NoReturn":
     global _depth, _function_name
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
+    if not _in_main_thread():
         _fail_start("pyfork.init() must be called from the main thread")
     name, args, kwargs, cwd, request_depth, argv = _read_request()
     function = _registry.get(name)

@@ -2,9 +2,9 @@
 
 It speaks the same protocol as the ``c`` backend, and every function has
 the signature of its counterpart in ``_cbackend``.
+Children import this module before their function runs, so annotations
+that need typing are strings instead of a ``from __future__`` import.
 """
-
-from __future__ import annotations
 
 import errno
 import os
@@ -165,7 +165,7 @@ def remove_payload(path: str) -> None:
     os.unlink(path)
 
 
-def _inheritable_fds(keep_fds: Sequence[int]) -> list[int]:
+def _inheritable_fds(keep_fds: "Sequence[int]") -> list[int]:
     """Return the inheritable fds above 2 that are not in ``keep_fds``.
 
     Fds at or above the fd limit are left out, since posix_spawn() rejects
@@ -187,12 +187,12 @@ def _inheritable_fds(keep_fds: Sequence[int]) -> list[int]:
 
 def spawn(
     executable: str,
-    argv: Sequence[str],
+    argv: "Sequence[str]",
     marker: str,
-    env: Mapping[str, str] | None,
-    keep_fds: Sequence[int],
+    env: "Mapping[str, str] | None",
+    keep_fds: "Sequence[int]",
     *,
-    stdio: Sequence[int] = (-1, -1, -1),
+    stdio: "Sequence[int]" = (-1, -1, -1),
     cwd: str | None = None,
     setsid: bool = False,
     pgroup: int | None = None,
