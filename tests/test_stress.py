@@ -561,7 +561,7 @@ def test_nproc_limit_spawn_error(
 
 
 def test_nofile_limit_leaks_nothing(run_script: ScriptRunner) -> None:
-    """With no fd to spare fork() raises PyforkError, leaks none, recovers."""
+    """With no fd to spare fork() raises SpawnError, leaks none, recovers."""
     run = run_script(
         _limit_script(
             NOFILE_BODY, FD_LIMIT=FD_LIMIT, FREE_FD_COUNTS=FREE_FD_COUNTS
@@ -577,12 +577,9 @@ def test_nofile_limit_leaks_nothing(run_script: ScriptRunner) -> None:
         if outcome["raised"] is None:
             assert outcome["returned"] == outcome["transport"], outcome
         else:
-            # NOTE: pyfork raises a plain PyforkError, not SpawnError, when
-            # it cannot create the result or payload file. The README
-            # documents that, and the OSError is its __cause__.
             assert outcome["errno"] == errno.EMFILE, outcome
     short = [outcome for outcome in outcomes if outcome["free"] < 2]
-    assert [outcome["raised"] for outcome in short] == ["PyforkError"] * 4
+    assert [outcome["raised"] for outcome in short] == ["SpawnError"] * 4
     ample = [outcome for outcome in outcomes if outcome["free"] >= 3]
     assert [outcome["raised"] for outcome in ample] == [None, None]
     assert report["results_after"] == ["fd", "path"]
@@ -591,14 +588,8 @@ def test_nofile_limit_leaks_nothing(run_script: ScriptRunner) -> None:
     assert run.leftover_files() == []
 
 
-@pytest.mark.xfail(
-    reason="pyfork imports modules on first use (pyfork.Fork, inspect),"
-    " and with no fd free the import raises a bare OSError (EMFILE), not"
-    " PyforkError",
-    strict=True,
-)
 def test_nofile_limit_first_fork(run_script: ScriptRunner) -> None:
-    """The first fork() of a process, with no fd free, raises PyforkError."""
+    """The first fork() of a process, with no fd free, raises SpawnError."""
     run = run_script(
         _limit_script(FIRST_FORK_BODY, FD_LIMIT=FD_LIMIT), timeout=120
     )
@@ -608,4 +599,4 @@ def test_nofile_limit_first_fork(run_script: ScriptRunner) -> None:
     assert report["results_after"] == ["fd", "path"]
     assert report["children"] == []
     assert outcome["errno"] == errno.EMFILE, outcome
-    assert outcome["raised"] == "PyforkError", outcome
+    assert outcome["raised"] == "SpawnError", outcome

@@ -7,7 +7,7 @@ Register functions, call ``pyfork.init()`` early, then call
 Every program that forks imports this package at start-up, and so does
 every child, so only what ``register()`` and ``init()`` need is imported
 here. The backend, with the compiled core, the exceptions and the
-parent-side API load on first use.
+parent-side API load on first use, or when ``init()`` runs in a parent.
 """
 
 from ._child import init, is_child

@@ -91,7 +91,9 @@ def init() -> None:
 
     Call it early in the program, after every ``register()`` and before
     any code that must not run again in the child. Later calls do nothing.
-    In a child it must run in the main thread.
+    In a child it must run in the main thread. In a parent it loads the
+    parent-side modules, so that no fork() has to import them, which
+    would fail once the process has no fd left.
     """
     global _initialized
     if _initialized:
@@ -99,6 +101,7 @@ def init() -> None:
     _initialized = True
     if _marker_value is not None:
         _dispatch()
+    from . import _fork  # noqa: F401
 
 
 def _report(message: str) -> None:

@@ -544,11 +544,23 @@ def _payload_directory() -> str:
         raise PyforkError(message) from error
 
 
+# Errors of a process or system out of fds or memory: the child cannot
+# be started for the same reasons that posix_spawn() itself reports.
+_RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
+
+
 def _create_file(create: Callable[..., Any], what: str, *args: Any) -> Any:
-    """Call a backend's create function, turning OSError into PyforkError."""
+    """Call a backend's create function, turning OSError into PyforkError.
+
+    Running out of fds or memory raises SpawnError with the errno, as a
+    failed posix_spawn() does; other errors name the directory.
+    """
     try:
         return create(*args)
     except OSError as error:
+        if error.errno in _RESOURCE_ERRNOS:
+            strerror = f"{error.strerror}, creating the {what} file"
+            raise SpawnError(error.errno, strerror, sys.executable) from error
         where = error.filename if error.filename else "memory"
         message = (
             f"cannot create the {what} file in {where}: {error.strerror} "
