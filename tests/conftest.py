@@ -53,7 +53,9 @@ class ScriptRunner:
         self.tmpdir = directory / "tmp"
         self.tmpdir.mkdir()
 
-    def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+    def environment(
+        self, extra: dict[str, str] | None = None
+    ) -> dict[str, str]:
         """Return the environment of a run: this one, minus any marker."""
         env = dict(os.environ)
         env.pop("PYFORK_CHILD", None)
@@ -109,5 +111,3 @@ def run_script(tmp_path: Path, backend: str) -> ScriptRunner:
 def repository() -> Path:
     """The root of the source tree."""
     return Path(__file__).resolve().parent.parent
-
-
