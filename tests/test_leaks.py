@@ -8,96 +8,16 @@ JSON lines, which ``records()`` merges into one dictionary.
 from __future__ import annotations
 
 import errno
-import json
 import signal
-import textwrap
 import time
 
 import pytest
 from conftest import ScriptRunner
+from script_helpers import records, script
 
 from pyfork import EXIT_NO_INIT
 
 TRANSPORTS = ["fd", "path"]
-
-# Runs in the parent and again in every child, because a child is a new
-# run of the same script.
-PRELUDE = '''\
-import json
-import os
-import signal
-import sys
-import time
-
-import pyfork
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-TMPDIR = os.environ["TMPDIR"]
-
-
-def emit(**values):
-    """Write the values to stdout as one JSON line, in one write()."""
-    sys.stdout.flush()
-    os.write(1, (json.dumps(values) + "\\n").encode())
-
-
-def has_children():
-    """Return whether this process has a child, exited or not."""
-    try:
-        os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return False
-    return True
-
-
-def process_state(pid):
-    """Return the state letter of /proc/PID/stat, or None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            text = stat.read()
-    except FileNotFoundError:
-        return None
-    return text.rpartition(")")[2].split()[0]
-
-
-def wait_for_state(pid, state):
-    """Poll until the process is in ``state``, for 30 s at most."""
-    deadline = time.monotonic() + 30
-    while process_state(pid) != state and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
-def wait_for_file(path):
-    """Poll until ``path`` exists, for 30 s at most."""
-    deadline = time.monotonic() + 30
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
-def is_reaped(pid):
-    """Return whether waitpid() raises ChildProcessError for ``pid``."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return False
-'''
-
-
-def script(body: str, *, before: str = "") -> str:
-    """Return ``before``, the prelude, then ``body``, all dedented."""
-    parts = [textwrap.dedent(before), PRELUDE, textwrap.dedent(body)]
-    return "\n".join(parts)
-
-
-def records(stdout: str) -> dict[str, object]:
-    """Merge the JSON lines of a run into one dict of unique keys."""
-    merged: dict[str, object] = {}
-    for line in stdout.splitlines():
-        for key, value in json.loads(line).items():
-            assert key not in merged, f"{key!r} printed twice: {stdout}"
-            merged[key] = value
-    return merged
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -123,7 +43,7 @@ def test_payload_pickling_fails(
     )
     run = run_script(source, transport)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["error_type"] == "PyforkError"
     assert "cannot pickle argument 0" in output["message"]
     assert output["has_children"] is False
@@ -157,7 +77,7 @@ def test_payload_spawn_fails(run_script: ScriptRunner, transport: str) -> None:
     )
     run = run_script(source, transport)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["errno"] == errno.ENOENT
     assert output["filename_matches"] is True
     assert output["is_os_error"] is True
@@ -191,7 +111,7 @@ def test_payload_child_killed_unread(run_script: ScriptRunner) -> None:
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     before = output["before"]
     assert isinstance(before, list)
     assert len(before) == 1
@@ -224,7 +144,7 @@ def test_payload_child_import_error(
     )
     run = run_script(source, transport)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["returncode"] == EXIT_NO_INIT
     assert output["files"] == []
     assert run.leftover_files() == []
@@ -303,7 +223,7 @@ def test_payload_unusable_tempdir(
     )
     run = run_script(source, kind)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["error_type"] == "PyforkError"
     message = output["message"]
     assert isinstance(message, str)
@@ -331,7 +251,7 @@ def test_reap_wait_leaves_no_zombie(run_script: ScriptRunner) -> None:
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["returncode"] == 0
     assert output["state"] is None
     assert output["reaped"] is True
@@ -367,7 +287,7 @@ def test_reap_dropped_process(run_script: ScriptRunner) -> None:
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["state_after_drop"] not in (None, "Z")
     assert output["state_after_exit"] == "Z"
     assert output["state_after_fork"] is None
@@ -404,7 +324,7 @@ def test_reap_dropped_running(run_script: ScriptRunner) -> None:
     # The subprocess timeout is the only time bound: a block fails it.
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["next_result"] == "next"
     assert output["state_after_fork"] not in (None, "Z")
     assert output["exit_code"] == 0
@@ -472,7 +392,7 @@ def test_fds_child_inherits_only(
     )
     run = run_script(source, transport)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     passed = output["passed"]
     assert isinstance(passed, int)
     flags = dict(output["flags"])  # type: ignore[call-overload]
@@ -511,7 +431,7 @@ def test_fds_pass_pipe(run_script: ScriptRunner) -> None:
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["data"] == "hello through the pipe"
     assert output["result"] == "written"
     assert run.leftover_files() == []

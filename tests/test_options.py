@@ -11,48 +11,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from typing import Any
 
 import pytest
 from conftest import ScriptRunner
+from script_helpers import script
 
 from pyfork import EXIT_NO_INIT
 
-# The first part of every script. It runs in the parent and again in
-# every child, so it only defines names.
-PRELUDE = """\
-import json
-import os
-import sys
-import time
-
-import pyfork
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def emit(**values):
-    sys.stdout.flush()
-    os.write(1, (json.dumps(values) + "\\n").encode())
-
-
-def has_children():
-    try:
-        os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return False
-    return True
-
-
-def wait_for_file(path):
-    deadline = time.monotonic() + 30
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within 30 seconds")
-        time.sleep(0.005)
-
-
+# Scripts of this file define these functions after the prelude.
+OPTIONS_HELPERS = """
 def outcome_of(start):
     try:
         start()
@@ -109,8 +77,8 @@ def run(
     input: str | None = None,
     timeout: float = 60,
 ) -> Run:
-    """Run PRELUDE, then ``body``, as ``app.py`` with ``input`` on stdin."""
-    runner.write(PRELUDE + textwrap.dedent(body))
+    """Run the prelude, OPTIONS_HELPERS and ``body``, ``input`` on stdin."""
+    runner.write(script(OPTIONS_HELPERS, body))
     completed = subprocess.run(
         [sys.executable, "app.py"],
         input=input,

@@ -318,15 +318,9 @@ def test_process_wait_reaps(run_script: ScriptRunner, transport: str) -> None:
         pyfork.init()
         process = pyfork.Fork(exit_with, transport=sys.argv[1]).start(0)
         returncode = process.wait()
-        try:
-            os.waitpid(process.pid, os.WNOHANG)
-        except ChildProcessError:
-            reaped = True
-        else:
-            reaped = False
         emit(
             returncode=returncode,
-            reaped=reaped,
+            reaped=is_reaped(process.pid),
             proc_entry=os.path.exists(f"/proc/{process.pid}"),
             tmpdir=os.listdir(TMPDIR),
         )
@@ -389,13 +383,7 @@ def test_process_dropped_handle(
         # Wait until the child is a zombie, without reaping it.
         os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
         emit(next_returncode=pyfork.fork(exit_with, 0).wait())
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            reaped = True
-        else:
-            reaped = False
-        emit(reaped=reaped, children=has_children())
+        emit(reaped=is_reaped(pid), children=has_children())
         """,
     )
     run = run_script(source, transport)

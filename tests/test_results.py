@@ -7,7 +7,6 @@ dictionary for the test to check.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -15,36 +14,12 @@ import textwrap
 
 import pytest
 from conftest import ScriptRunner
+from script_helpers import line_number, records, script
 
 from pyfork import EXIT_NO_INIT, EXIT_START_FAILED
 
-# Runs in the parent and again in every child, because a child is a new
-# run of the same script.
-PRELUDE = '''\
-import json
-import os
-import signal
-import sys
-import time
-
-import pyfork
-
-
-def emit(**values):
-    """Write the values to stdout as one JSON line, in one write()."""
-    sys.stdout.flush()
-    os.write(1, (json.dumps(values) + "\\n").encode())
-
-
-def has_children():
-    """Return whether this process has a child, exited or not."""
-    try:
-        os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return False
-    return True
-
-
+# Describes the ChildError that result() raises, for scripts to emit.
+RESULT_ERROR = '''
 def describe_error(process, error):
     """Return the attributes of a ChildError as a JSON-ready dict."""
     cause = error.__cause__
@@ -72,33 +47,6 @@ def result_error(process):
         return describe_error(process, error)
     return {"type": "no error", "value": repr(value)}
 '''
-
-
-def script(body: str, *, before: str = "") -> str:
-    """Return ``before``, the prelude, then ``body``, all dedented."""
-    parts = [textwrap.dedent(before), PRELUDE, textwrap.dedent(body)]
-    return "\n".join(parts)
-
-
-def records(stdout: str) -> dict[str, object]:
-    """Merge the JSON lines of a run into one dict of unique keys."""
-    merged: dict[str, object] = {}
-    for line in stdout.splitlines():
-        for key, value in json.loads(line).items():
-            assert key not in merged, f"{key!r} printed twice: {stdout}"
-            merged[key] = value
-    return merged
-
-
-def line_number(source: str, text: str) -> int:
-    """Return the 1-based number of the only line of ``source`` with text."""
-    numbers = [
-        number
-        for number, line in enumerate(source.splitlines(), start=1)
-        if text in line
-    ]
-    assert len(numbers) == 1, numbers
-    return numbers[0]
 
 
 def test_result_builtin_types(run_script: ScriptRunner) -> None:
@@ -131,7 +79,7 @@ def test_result_builtin_types(run_script: ScriptRunner) -> None:
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["equal"] is True
     assert output["types"] == {
         "int": "int",
@@ -178,7 +126,7 @@ def test_result_class_instance(run_script: ScriptRunner) -> None:
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["type"] == "Point"
     assert output["is_point"] is True
     assert output["fields"] == [3, 4]
@@ -201,7 +149,7 @@ def test_result_none(run_script: ScriptRunner) -> None:
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["first"] == "None"
     assert output["second"] == "None"
 
@@ -209,6 +157,7 @@ def test_result_none(run_script: ScriptRunner) -> None:
 def test_raised_exception(run_script: ScriptRunner) -> None:
     """A raising function gives a ChildError with the remote details."""
     source = script(
+        RESULT_ERROR,
         """
         @pyfork.register
         def fail(text):
@@ -219,11 +168,11 @@ def test_raised_exception(run_script: ScriptRunner) -> None:
         process = pyfork.fork(fail, "bad input")
         emit(error=result_error(process))
         emit(again=result_error(process))
-        """
+        """,
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     error = output["error"]
     assert isinstance(error, dict)
     assert error["type"] == "ChildError"
@@ -249,6 +198,7 @@ def test_raised_exception(run_script: ScriptRunner) -> None:
 def test_raised_unpicklable_exception(run_script: ScriptRunner) -> None:
     """An exception that cannot be rebuilt still gives a prompt ChildError."""
     source = script(
+        RESULT_ERROR,
         """
         class PairError(Exception):
             def __init__(self, first, second):
@@ -263,12 +213,12 @@ def test_raised_unpicklable_exception(run_script: ScriptRunner) -> None:
         pyfork.init()
         process = pyfork.fork(fail)
         emit(error=result_error(process))
-        """
+        """,
     )
     # The subprocess timeout is the only bound: a hang fails the test.
     run = run_script(source, timeout=60)
     assert run.returncode == 0, run.stderr
-    error = records(run.stdout)["error"]
+    error = records(run.stdout, only_json=True)["error"]
     assert isinstance(error, dict)
     assert error["type"] == "ChildError"
     assert error["stage"] == "raised"
@@ -280,6 +230,7 @@ def test_raised_unpicklable_exception(run_script: ScriptRunner) -> None:
 def test_exit_nonzero_code(run_script: ScriptRunner) -> None:
     """sys.exit(3) in the function gives stage "exit" and returncode 3."""
     source = script(
+        RESULT_ERROR,
         """
         @pyfork.register
         def leave():
@@ -289,11 +240,11 @@ def test_exit_nonzero_code(run_script: ScriptRunner) -> None:
         pyfork.init()
         process = pyfork.fork(leave)
         emit(error=result_error(process))
-        """
+        """,
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    error = records(run.stdout)["error"]
+    error = records(run.stdout, only_json=True)["error"]
     assert isinstance(error, dict)
     assert error["type"] == "ChildError"
     assert error["stage"] == "exit"
@@ -320,7 +271,7 @@ def test_exit_zero_code(run_script: ScriptRunner) -> None:
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["value"] == "None"
     assert output["returncode"] == 0
 
@@ -328,6 +279,7 @@ def test_exit_zero_code(run_script: ScriptRunner) -> None:
 def test_exit_os_exit_zero(run_script: ScriptRunner) -> None:
     """os._exit(0) in the function is a failure: it never returned."""
     source = script(
+        RESULT_ERROR,
         """
         @pyfork.register
         def vanish():
@@ -337,11 +289,11 @@ def test_exit_os_exit_zero(run_script: ScriptRunner) -> None:
         pyfork.init()
         process = pyfork.fork(vanish)
         emit(error=result_error(process))
-        """
+        """,
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    error = records(run.stdout)["error"]
+    error = records(run.stdout, only_json=True)["error"]
     assert isinstance(error, dict)
     assert error["type"] == "ChildError"
     assert error["stage"] == "exit"
@@ -352,6 +304,7 @@ def test_exit_os_exit_zero(run_script: ScriptRunner) -> None:
 def test_signal_sigkill(run_script: ScriptRunner) -> None:
     """A child killed by SIGKILL gives stage "signal" and returncode -9."""
     source = script(
+        RESULT_ERROR,
         """
         @pyfork.register
         def die():
@@ -361,11 +314,11 @@ def test_signal_sigkill(run_script: ScriptRunner) -> None:
         pyfork.init()
         process = pyfork.fork(die)
         emit(error=result_error(process))
-        """
+        """,
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    error = records(run.stdout)["error"]
+    error = records(run.stdout, only_json=True)["error"]
     assert isinstance(error, dict)
     assert error["type"] == "ChildError"
     assert error["stage"] == "signal"
@@ -409,12 +362,12 @@ def test_no_init_import_error(
         """
     )
     if placement == "after_import":
-        source = script(CHILD_IMPORT_ERROR_AFTER + body)
+        source = script(RESULT_ERROR, CHILD_IMPORT_ERROR_AFTER + body)
     else:
-        source = script(body, before=CHILD_IMPORT_ERROR_BEFORE)
+        source = script(RESULT_ERROR, body, before=CHILD_IMPORT_ERROR_BEFORE)
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    error = records(run.stdout)["error"]
+    error = records(run.stdout, only_json=True)["error"]
     assert isinstance(error, dict)
     assert error["type"] == "ChildError"
     assert error["stage"] == "no_init"
@@ -427,6 +380,7 @@ def test_no_init_import_error(
 def test_start_registered_below_init(run_script: ScriptRunner) -> None:
     """A name registered only below init() gives stage "start"."""
     source = script(
+        RESULT_ERROR,
         """
         pyfork.init()
 
@@ -438,11 +392,11 @@ def test_start_registered_below_init(run_script: ScriptRunner) -> None:
 
         process = pyfork.fork(late)
         emit(error=result_error(process))
-        """
+        """,
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    error = records(run.stdout)["error"]
+    error = records(run.stdout, only_json=True)["error"]
     assert isinstance(error, dict)
     assert error["type"] == "ChildError"
     assert error["stage"] == "start"
@@ -454,6 +408,7 @@ def test_start_registered_below_init(run_script: ScriptRunner) -> None:
 def test_raised_unpicklable_return(run_script: ScriptRunner) -> None:
     """A return value that cannot be pickled gives a pickling error."""
     source = script(
+        RESULT_ERROR,
         """
         UNPICKLABLE = lambda: None  # pickle finds no global named "<lambda>"
 
@@ -466,11 +421,11 @@ def test_raised_unpicklable_return(run_script: ScriptRunner) -> None:
         pyfork.init()
         process = pyfork.fork(give_lambda)
         emit(error=result_error(process))
-        """
+        """,
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    error = records(run.stdout)["error"]
+    error = records(run.stdout, only_json=True)["error"]
     assert isinstance(error, dict)
     assert error["type"] == "ChildError"
     assert error["stage"] == "raised"
@@ -516,7 +471,7 @@ def test_result_large_value(run_script: ScriptRunner, mode: str) -> None:
     # The subprocess timeout is the only time bound: a deadlock fails it.
     run = run_script(script(LARGE_RESULT), mode, timeout=120)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     if mode == "drop":
         assert output["next_result"] == "small"
     else:
@@ -529,6 +484,7 @@ def test_result_large_value(run_script: ScriptRunner, mode: str) -> None:
 def test_result_timeout_then_kill(run_script: ScriptRunner) -> None:
     """result(timeout) raises TimeoutExpired and leaves the child running."""
     source = script(
+        RESULT_ERROR,
         """
         @pyfork.register
         def sleep():
@@ -549,11 +505,11 @@ def test_result_timeout_then_kill(run_script: ScriptRunner) -> None:
         emit(running=process.poll() is None)
         process.kill()
         emit(error=result_error(process))
-        """
+        """,
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["timeout_type"] == "TimeoutExpired"
     assert output["is_timeout_error"] is True
     assert output["timeout_pid_matches"] is True
@@ -568,6 +524,7 @@ def test_result_timeout_then_kill(run_script: ScriptRunner) -> None:
 def test_guard_fork_before_init(run_script: ScriptRunner) -> None:
     """fork() in a child above init() raises PyforkError in the child."""
     source = script(
+        RESULT_ERROR,
         """
         @pyfork.register
         def work():
@@ -580,11 +537,11 @@ def test_guard_fork_before_init(run_script: ScriptRunner) -> None:
         pyfork.init()
         process = pyfork.fork(work)
         emit(returncode=process.wait(), error=result_error(process))
-        """
+        """,
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["returncode"] == EXIT_NO_INIT
     error = output["error"]
     assert isinstance(error, dict)
@@ -599,6 +556,7 @@ def test_guard_fork_before_init(run_script: ScriptRunner) -> None:
 def test_guard_program_without_init(run_script: ScriptRunner) -> None:
     """A child whose program never calls init() exits with EXIT_NO_INIT."""
     source = script(
+        RESULT_ERROR,
         """
         @pyfork.register
         def work():
@@ -609,11 +567,11 @@ def test_guard_program_without_init(run_script: ScriptRunner) -> None:
             pyfork.init()
             process = pyfork.fork(work)
             emit(returncode=process.wait(), error=result_error(process))
-        """
+        """,
     )
     run = run_script(source)
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["returncode"] == EXIT_NO_INIT
     error = output["error"]
     assert isinstance(error, dict)
@@ -640,7 +598,7 @@ def test_nesting_depth_limit(run_script: ScriptRunner) -> None:
     )
     run = run_script(source, env={"PYFORK_MAX_DEPTH": "3"})
     assert run.returncode == 0, run.stderr
-    level, error_type, message = records(run.stdout)["deepest"]
+    level, error_type, message = records(run.stdout, only_json=True)["deepest"]
     assert level == 3
     assert error_type == "PyforkError"
     assert "nested 4 levels deep, over the limit of 3" in message
@@ -665,7 +623,7 @@ def test_nesting_invalid_max_depth(run_script: ScriptRunner) -> None:
     )
     run = run_script(source, env={"PYFORK_MAX_DEPTH": "abc"})
     assert run.returncode == 0, run.stderr
-    output = records(run.stdout)
+    output = records(run.stdout, only_json=True)
     assert output["error_type"] == "PyforkError"
     expected = "PYFORK_MAX_DEPTH must be a positive integer, not 'abc'"
     assert expected in output["message"]
@@ -706,7 +664,7 @@ def test_inspect_flag_child(run_script: ScriptRunner) -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    output = records(completed.stdout)
+    output = records(completed.stdout, only_json=True)
     assert output["value"] == 42
     assert output["returncode"] == 5
     prompts = (completed.stdout + completed.stderr).count(">>>")
