@@ -147,7 +147,7 @@ class Fork:
     """A reusable specification of a fork.
 
     ``Fork(function, **options)`` names a registered function (by name or
-    by the function object) and holds the options. ``start()`` starts one
+    by the function object) and stores the options. ``start()`` starts one
     child with the given arguments, and can run many times.
 
     Options:

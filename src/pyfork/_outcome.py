@@ -32,7 +32,7 @@ STAGE_RESULT = "result"
 
 
 class Outcome:
-    """What became of one child: a return value, or a failure to report."""
+    """The outcome of one child: a return value, or a failure to report."""
 
     __slots__ = ("_cause", "_error", "_value")
 
@@ -112,13 +112,13 @@ def _without_record(pid: int, name: str, returncode: int) -> Outcome:
     if returncode == EXIT_START_FAILED:
         message = (
             "the child could not start the function (exit code "
-            f"{returncode}); its stderr says why"
+            f"{returncode}); its stderr shows the reason"
         )
         stage = STAGE_START
     elif returncode == EXIT_NO_INIT:
         message = (
             f"the child exited with code {returncode} before it reached "
-            "pyfork.init(), or called fork() before it; its stderr says "
+            "pyfork.init(), or called fork() before it; its stderr shows "
             "which"
         )
         stage = STAGE_NO_INIT
@@ -216,7 +216,7 @@ def classify_record(
 ) -> Outcome:
     """Decode a record and classify it with the child's exit code.
 
-    ``status_lost`` says that the exit code is unknown (someone else
+    ``status_lost`` means that the exit code is unknown (someone else
     reaped the child), so only the record counts. ``stderr`` is what
     communicate() captured; a failure before the function started quotes
     its last lines.

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 _SIGINT_GRACE = 0.25
 
 # Result records up to this size are read when the child is reaped, so a
-# handle that is kept after wait() holds no fd.
+# handle that is kept after wait() keeps no fd open.
 _SMALL_RECORD = 64 * 1024
 
 # Children whose handle was dropped before they were reaped, with their
@@ -178,7 +178,7 @@ class Process:
         self._payload_path = payload_path
         self._payload_identity = payload_identity
         self._wait_lock = _thread.allocate_lock()
-        # Reentrant: result() holds it while a wait may collect the record.
+        # Reentrant: result() owns it while a wait may collect the record.
         self._result_lock = _thread.RLock()
 
     def __repr__(self) -> str:
