@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import _thread
 import os
+import select
 import time
 
 from ._backend import backend
@@ -257,16 +258,39 @@ class Process:
             return returncode
 
         deadline = time.monotonic() + timeout
-        delay = 0.0005
-        while True:
-            returncode = self.poll()
-            if returncode is not None:
-                return returncode
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutExpired(self.pid, self.name, timeout)
-            delay = min(delay * 2, remaining, 0.05)
-            time.sleep(delay)
+        pidfd = self._open_pidfd()
+        try:
+            delay = 0.0005
+            while True:
+                returncode = self.poll()
+                if returncode is not None:
+                    return returncode
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutExpired(self.pid, self.name, timeout)
+                delay = min(delay * 2, remaining, 0.05)
+                if pidfd is None:
+                    time.sleep(delay)
+                else:
+                    # Readable once the child exits; another thread may
+                    # be waiting too, so poll() decides.
+                    select.select([pidfd], [], [], delay)
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+    def _open_pidfd(self) -> int | None:
+        """Return a pidfd of the child, or None where there is none.
+
+        pidfd_open() needs Linux 5.3; an older kernel makes wait(timeout)
+        sleep between polls instead.
+        """
+        if self._reaped or not hasattr(os, "pidfd_open"):
+            return None
+        try:
+            return os.pidfd_open(self.pid)
+        except OSError:
+            return None
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the child and return the function's return value.
