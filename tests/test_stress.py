@@ -7,10 +7,11 @@ unreaped child, no pyfork file in TMPDIR, and RSS growth within a
 bound.
 
 Sizes in CI, per backend: 2,000 sequential forks and 16 threads x 100
-concurrent forks. The whole module took 96 s on 2 cores (Debian 12,
-CPython 3.11). ``PYFORK_STRESS_SCALE=N`` multiplies the fork counts by
-N. ``PYFORK_STRESS_LONG=1`` adds one long-lived parent that forks
-10,000 times in a loop, 3.5 to 4.5 minutes per backend. ``pytest -m "not
+concurrent forks. The whole module took 96-121 s on 2 cores (Debian 12,
+CPython 3.11.7) in runs that shared the machine with other work.
+``PYFORK_STRESS_SCALE=N`` multiplies the fork counts by N.
+``PYFORK_STRESS_LONG=1`` adds one long-lived parent that forks 10,000
+times in a loop, 4 to 4.5 minutes per backend. ``pytest -m "not
 stress"`` skips this module.
 """
 
