@@ -243,6 +243,16 @@ def _module_start_dir() -> str | None:
     return _STARTUP_PATH0
 
 
+def _executable(path: str) -> bool:
+    """Return whether this process may execute ``path``.
+
+    The check uses the effective ids, as execve() does, where the
+    platform supports that; the plain check uses the real ids.
+    """
+    effective = os.access in os.supports_effective_ids
+    return os.access(path, os.X_OK, effective_ids=effective)
+
+
 def _check_executable(executable: str, given: bool) -> None:
     """Raise SpawnError for an executable that is missing or not runnable.
 
@@ -260,7 +270,7 @@ def _check_executable(executable: str, given: bool) -> None:
         raise PyforkError(message)
     if not os.path.exists(executable):
         err = errno.ENOENT
-    elif not os.path.isfile(executable) or not os.access(executable, os.X_OK):
+    elif not os.path.isfile(executable) or not _executable(executable):
         err = errno.EACCES
     else:
         return
