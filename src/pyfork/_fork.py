@@ -19,7 +19,6 @@ from ._protocol import (
     stream_body,
 )
 from ._reexec import LaunchPlan, child_command
-from ._stdio import INHERIT_STDIO as _INHERIT_STDIO
 from ._stdio import StdioSetup, check_spec
 
 TYPE_CHECKING = False
@@ -215,7 +214,6 @@ class Fork:
         self.process_group = _check_process_group(process_group)
         self.transport = transport
         self._launch: LaunchPlan | None = None
-        self._redirects = any(spec is not None for spec in self.stdio)
 
     def __repr__(self) -> str:
         return f"pyfork.Fork({self.function!r}, transport={self.transport!r})"
@@ -251,7 +249,7 @@ class Fork:
         token = os.urandom(TOKEN_SIZE)
         directory = _payload_directory() if self.transport == "path" else None
 
-        stdio = StdioSetup(self.stdio) if self._redirects else _INHERIT_STDIO
+        stdio = StdioSetup(self.stdio)
         files = _ChildFiles()
         try:
             files.result_fd = _create_file(

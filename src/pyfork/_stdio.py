@@ -21,7 +21,7 @@ _NAMES = ("stdin", "stdout", "stderr")
 
 
 def check_spec(spec: Any, index: int) -> None:
-    """Raise for a stdio value that is none of the accepted kinds."""
+    """Raise TypeError or ValueError for a stdio value of no accepted kind."""
     name = _NAMES[index]
     if spec is None or spec in (PIPE, DEVNULL):
         return
@@ -58,7 +58,7 @@ def _fileno(stream: Any, index: int) -> int:
 class StdioSetup:
     """The fds that become a child's stdio, and the parent's pipe ends.
 
-    ``child_fds`` holds what the child gets as 0, 1 and 2 (-1: the
+    ``child_fds`` contains what the child gets as 0, 1 and 2 (-1: the
     parent's own). Every source fd is 3 or above, so the dup2() onto 0-2
     in the child cannot overwrite a source that a later one needs.
     """
@@ -132,7 +132,3 @@ class StdioSetup:
             None if fd is None else open(fd, mode)
             for fd, mode in zip(self.parent_fds, modes, strict=True)
         )
-
-
-#: The setup of a child that inherits all three streams: nothing to open.
-INHERIT_STDIO = StdioSetup((None, None, None))
