@@ -1,4 +1,4 @@
-"""Compile pyfork._core with cffi. pyproject.toml holds the metadata."""
+"""Compile pyfork._core with cffi. pyproject.toml contains the metadata."""
 
 import runpy
 

@@ -154,9 +154,9 @@ static int is_inheritable(int fd)
 
 /*
  * Add a close action for every inheritable fd >= 3 that is not kept.
- * Fds at or above the fd limit are skipped, since glibc rejects close
- * actions for them; such an fd, inherited from a parent with a higher
- * limit, reaches the child.
+ * Fds at or above the fd limit are skipped, because glibc rejects close
+ * actions for them. Such an fd, inherited from a parent with a higher
+ * limit, therefore reaches the child.
  */
 static int close_inheritable_by_scan(posix_spawn_file_actions_t *actions,
                                      const int *keep_fds, size_t n_keep_fds)

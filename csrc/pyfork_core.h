@@ -2,7 +2,7 @@
  * The C surface of pyfork's compiled core.
  *
  * csrc/build_core.py feeds the declarations between the cdef markers to
- * cffi, so that block holds plain declarations only: no preprocessor lines.
+ * cffi, so that block contains plain declarations only: no preprocessor lines.
  * Functions return -1 and leave errno set when a system call fails.
  * Payload checks that fail return a positive PYFORK_E_* code instead.
  */
@@ -58,14 +58,14 @@ void pyfork_env_free(char **env);
 
 /*
  * Copy the value of the environment variable `name` into `buf` and remove
- * the variable, so a later getenv() or exec never sees it.
+ * the variable, so no later getenv() or exec finds it.
  * Returns the length of the value; -1 with errno ENOENT when it is not
  * set, or ERANGE when `buf` is too small (the variable is then kept).
  * The same exclusion as pyfork_env_build() applies.
  */
 ssize_t pyfork_env_take(const char *name, char *buf, size_t size);
 
-/* What pyfork_spawn() sets up in the child besides argv and envp. */
+/* The setup of pyfork_spawn()'s child besides argv and envp. */
 struct pyfork_spawn_options {
     /* Fds the child keeps at the same numbers, even close-on-exec ones. */
     const int *keep_fds;
@@ -82,7 +82,7 @@ struct pyfork_spawn_options {
 
 /*
  * Start `path` with `argv` and `envp` through posix_spawn(), set up as
- * `options` says. Every inheritable fd other than 0-2 and the kept fds is
+ * `options` specifies. Every inheritable fd other than 0-2 and the kept fds is
  * closed in the child. The child starts with an empty signal mask and
  * default SIGPIPE and SIGXFSZ dispositions.
  * Stores the child's pid in `*pid` and returns 0, or returns -1 with
@@ -95,10 +95,11 @@ int pyfork_spawn(pid_t *pid, const char *path, char *const argv[],
                  const struct pyfork_spawn_options *options);
 
 /*
- * Create an anonymous payload file open for reading and writing, with
- * close-on-exec set and an fd of 3 or above: a memfd, or where memfd_create() fails and
- * `fallback_dir` is not NULL, a file in `fallback_dir` that is unlinked
- * before this returns. Returns the fd, or -1 with errno set.
+ * Create an anonymous payload file, open for reading and writing, with
+ * close-on-exec set and an fd of 3 or above. It is a memfd. Where
+ * memfd_create() fails and `fallback_dir` is not NULL, it is a file in
+ * `fallback_dir` that is unlinked before this returns.
+ * Returns the fd, or -1 with errno set.
  */
 int pyfork_payload_create_anonymous(const char *fallback_dir);
 
@@ -137,7 +138,7 @@ int pyfork_payload_open_named(const char *path);
  * Check an open payload file and its header against `token`: a regular
  * file, owned by the effective uid, without group or other permission
  * bits and with one link when `named` is non-zero, and exactly as long as
- * its header says. Fills `info` and returns 0, returns a PYFORK_E_* code, or returns
+ * its header states. Fills `info` and returns 0, returns a PYFORK_E_* code, or returns
  * -1 with errno set.
  */
 int pyfork_payload_check(int fd, int named, const unsigned char *token,

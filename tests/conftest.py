@@ -1,7 +1,7 @@
 """Fixtures that run real scripts with pyfork in a real interpreter.
 
 pyfork re-executes the program that forks, so every fork happens in a
-script that a test starts with ``sys.executable``; pytest's own process
+script that a test starts with ``sys.executable``. pytest's own process
 never forks through pyfork.
 """
 

@@ -328,7 +328,7 @@ def test_signal_sigkill(run_script: ScriptRunner) -> None:
 
 
 # Before ``import pyfork`` the marker is still in the environment; after
-# it, pyfork has taken it and is_child() says whether this is a child.
+# it, pyfork has taken it and is_child() tells whether this is a child.
 CHILD_IMPORT_ERROR_BEFORE = """
 import os
 

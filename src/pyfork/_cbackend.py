@@ -85,7 +85,7 @@ def read_record(
 ) -> tuple[int, bytearray | memoryview] | None:
     """Read the record that a child wrote to its result file.
 
-    Returns None when the file holds no record yet: it is empty, or holds
+    Returns None when the file contains no record yet: it is empty, or has
     the empty record that the parent writes first. Raises PayloadError.
     """
     if os.fstat(fd).st_size == 0:
@@ -177,7 +177,7 @@ def spawn(
 ) -> int:
     """Start the child and return its pid. Raises OSError.
 
-    ``stdio`` holds the fds that become the child's 0, 1 and 2, or -1 to
+    ``stdio`` contains the fds that become the child's 0, 1 and 2, or -1 to
     keep the parent's; none of them may be below 3. ``cwd`` is where the
     child starts. ``setsid`` starts a new session; ``pgroup`` is the
     process group to join, 0 for a new one, or None for the parent's.

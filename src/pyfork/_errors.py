@@ -33,12 +33,14 @@ class ChildError(PyforkError):
     """The forked function raised, or its child process failed.
 
     Attributes:
-        stage: where the child failed: ``"no_init"`` (it exited before it
-            reached ``pyfork.init()``), ``"start"`` (it could not start the
-            function), ``"raised"`` (the function raised), ``"exit"`` (the
-            function called ``sys.exit()`` with a non-zero code, or the
-            child exited without a result), ``"signal"`` (a signal killed
-            it) or ``"result"`` (its result could not be read).
+        stage: the point where the child failed, one of:
+            ``"no_init"``, it exited before it reached ``pyfork.init()``;
+            ``"start"``, it could not start the function;
+            ``"raised"``, the function raised;
+            ``"exit"``, the function called ``sys.exit()`` with a non-zero
+            code, or the child exited without a result;
+            ``"signal"``, a signal killed it;
+            ``"result"``, its result could not be read.
         pid: the child's process id.
         name: the registered name of the function.
         returncode: the exit code, or ``-N`` for a death by signal N.

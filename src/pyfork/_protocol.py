@@ -10,9 +10,10 @@ result file, or empty when the parent wants no result.
 The payload file is a 32-byte header (magic ``PYFORK``, protocol version,
 body encoding, token, body size as an unsigned 64-bit little-endian
 integer) followed by the body. The body is the tuple
-``(name, args, kwargs, cwd, depth, argv)``, encoded with marshal when it holds
+``(name, args, kwargs, cwd, depth, argv)``, encoded with marshal when it has
 only values of exact builtin types, and with pickle otherwise. marshal
-needs no import in the child, while ``_pickle`` costs about 2.5 ms there.
+needs no import in the child, while ``_pickle`` costs milliseconds
+there (2.5 ms measured on the two-core VM of BENCHMARKS.md).
 
 The result file is an anonymous file that the parent creates and the
 child inherits. The child writes a record there, with the same header
@@ -83,7 +84,7 @@ _MARSHAL_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})
 
 
 class PayloadError(Exception):
-    """The marker or the payload is invalid. The message says why."""
+    """The marker or the payload is invalid. The message gives the reason."""
 
 
 class Marker:

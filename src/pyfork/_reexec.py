@@ -22,7 +22,7 @@ _command: LaunchPlan | None = None
 
 
 class _LaunchMode:
-    """Where the interpreter found the program, and the rewritten argv."""
+    """The launch mode of the program, and the child's rewritten argv."""
 
     def __init__(self, kind: str, options: list[str], rest: list[str]):
         self.kind = kind  # "script", "module", "command", "stdin", "prompt"
@@ -69,7 +69,7 @@ def _parse_cluster(
 
     Appends the options to ``options`` and takes an option's argument from
     ``args`` when the token ends first. Returns the launch mode when the
-    token holds ``-c`` or ``-m``, else None.
+    token contains ``-c`` or ``-m``, else None.
     """
     for j, letter in enumerate(cluster[1:], start=1):
         if letter not in "cm" + _OPTIONS_WITH_ARGUMENT:
@@ -119,7 +119,7 @@ def _absolute_script(script: str) -> str:
 
 
 class LaunchPlan:
-    """How a child starts: the command, its start-up directory, or why not.
+    """The start of a child: its command and directory, or the refusal.
 
     Attributes:
         mode: ``"script"``, ``"module"``, ``"command"``, ``"frozen"`` or
@@ -256,7 +256,7 @@ def _executable(path: str) -> bool:
 def _check_executable(executable: str, given: bool) -> None:
     """Raise SpawnError for an executable that is missing or not runnable.
 
-    ``given`` says that it came from ``Fork(executable=...)``, not from
+    ``given`` means that it came from ``Fork(executable=...)``, not from
     ``sys.executable``, for the message.
     """
     if not executable:
@@ -287,7 +287,7 @@ def plan(
     ``orig_argv`` stands for ``sys.orig_argv`` (the doctor command passes
     a hypothetical one). ``executable`` and ``argv`` override the result,
     as ``Fork(executable=..., argv=...)`` do. Does not raise for a
-    refused mode: the plan's ``problem`` says why.
+    refused mode: the plan's ``problem`` gives the reason.
     """
     exe = executable if executable is not None else sys.executable
     if argv is not None:
