@@ -14,7 +14,7 @@ import sysconfig
 from cffi import FFI
 
 CSRC = pathlib.Path(__file__).resolve().parent
-VERSION_FILE = CSRC.parent / "src" / "pyfork" / "_version.py"
+VERSION_FILE = CSRC.parent / "src" / "pyfork" / "__init__.py"
 
 # The oldest CPython whose stable ABI the core is compiled against, as a
 # wheel tag (setup.py tags the wheel with it) and as a Py_LIMITED_API

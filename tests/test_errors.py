@@ -18,7 +18,7 @@ from conftest import ScriptRunner
 from script_helpers import records, script
 
 import pyfork
-from pyfork import _registry
+from pyfork import _child
 
 TRANSPORTS = ["fd", "path"]
 
@@ -313,9 +313,9 @@ def test_fork_spec_invalid_function(function: Any) -> None:
 
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """The registry module, emptied for one test and restored after."""
-    monkeypatch.setattr(_registry, "_functions", {})
-    return _registry
+    """The registry's module, emptied for one test and restored after."""
+    monkeypatch.setattr(_child, "_functions", {})
+    return _child
 
 
 def job() -> None:
@@ -342,7 +342,7 @@ def test_register_decorator_with_name(registry: ModuleType) -> None:
     assert returned is job
     assert registry.lookup("custom-name") == ("custom-name", job)
     assert registry.lookup(job) == ("custom-name", job)
-    assert registry.get("job") is None
+    assert registry._functions.get("job") is None
 
 
 def test_register_call_form(registry: ModuleType) -> None:
@@ -387,7 +387,7 @@ def test_register_taken_name(
     with pytest.raises(ValueError, match="'job'"):
         register_other()
     assert registry.lookup("job") == ("job", job)
-    assert registry.get("job") is job
+    assert registry._functions.get("job") is job
 
 
 @pytest.mark.parametrize(

@@ -20,14 +20,14 @@ STALE_VERSION = "0.0.0.stale"
 
 
 def test_core_version_matches_package() -> None:
-    """The core built from csrc/ reports the version in _version.py."""
+    """The core built from csrc/ reports the version in pyfork/__init__.py."""
     core_version = ffi.string(lib.pyfork_core_version()).decode()
     assert core_version == pyfork.__version__
     assert pyfork.__version__ == _cbackend.CORE_VERSION
 
 
 def test_metadata_version_matches_package() -> None:
-    """pyproject.toml takes the installed version from _version.py."""
+    """pyproject.toml takes the installed version from pyfork/__init__.py."""
     assert importlib.metadata.version("pyfork") == pyfork.__version__
 
 

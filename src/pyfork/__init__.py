@@ -10,10 +10,13 @@ here. The backend, with the compiled core, the exceptions and the
 parent-side API load on first use, or when ``init()`` runs in a parent.
 """
 
-from ._child import init, is_child
+# The build reads this line for the package metadata and for the compiled
+# core. It comes before the imports: in a child, importing _child loads the
+# backend, which checks the core against it.
+__version__ = "0.1.0"
+
+from ._child import init, is_child, register
 from ._protocol import EXIT_NO_INIT, EXIT_START_FAILED
-from ._registry import register
-from ._version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ that need typing are strings instead of a ``from __future__`` import.
 
 import os
 
-from ._version import __version__
+from . import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,4 +60,6 @@ def _select() -> "tuple[str, ModuleType]":
     return "python", _pybackend
 
 
+BACKEND: str
+backend: "ModuleType"
 BACKEND, backend = _select()

@@ -1035,7 +1035,7 @@ def describe_environment() -> dict[str, Any]:
     """Describe the interpreter and the machine that the bench runs on."""
     import platform
 
-    from ._version import __version__
+    from . import __version__
 
     hugepages = _read_text("/sys/kernel/mm/transparent_hugepage/enabled")
     return {

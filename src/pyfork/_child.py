@@ -1,15 +1,16 @@
-"""The child side: ``init()``, the dispatch to the function, and the exit.
+"""The registry of functions, ``init()``, and the child side: the
+dispatch to the function and the exit.
 
 Everything here runs on every fork before the function starts, so it
 imports nothing that the interpreter has not loaded at start-up, and
 annotations that need typing are strings instead of a ``from
-__future__`` import.
+__future__`` import. It is one module because each module a child
+imports costs start-up time.
 """
 
 import os
 import sys
 
-from . import _registry
 from ._protocol import (
     EXIT_NO_INIT,
     EXIT_START_FAILED,
@@ -29,7 +30,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
-    from typing import Any, NoReturn
+    from typing import Any, NoReturn, TypeVar, overload
+
+    F = TypeVar("F", bound=Callable[..., Any])
 
 # Exit code of CPython when flushing stdout at exit fails.
 _EXIT_FLUSH_FAILED = 120
@@ -42,6 +45,119 @@ try:
 except OSError:  # the directory was removed
     STARTUP_CWD = ""
 STARTUP_PATH0 = sys.path[0] if sys.path else ""
+
+_functions: "dict[str, Callable[..., Any]]" = {}
+
+
+def _add(name: str, function: "Callable[..., Any]") -> None:
+    if not isinstance(name, str):
+        message = f"function name must be a str, not {type(name).__name__}"
+        raise TypeError(message)
+    if not name:
+        raise ValueError("function name must not be empty")
+    if not callable(function):
+        message = f"cannot register {function!r} as {name!r}: not callable"
+        raise TypeError(message)
+    registered = _functions.get(name)
+    if registered is not None and registered is not function:
+        message = (
+            f"{name!r} is already registered to {registered!r}; "
+            f"register {function!r} under another name"
+        )
+        raise ValueError(message)
+    _functions[name] = function
+
+
+if TYPE_CHECKING:
+
+    @overload
+    def register(name_or_function: F, /) -> F: ...
+
+    @overload
+    def register(name_or_function: str, /) -> Callable[[F], F]: ...
+
+    @overload
+    def register(name_or_function: str, function: F, /) -> F: ...
+
+
+def register(
+    name_or_function: "str | Callable[..., Any]",
+    function: "Callable[..., Any] | None" = None,
+    /,
+) -> "Any":
+    """Register a function that ``pyfork.fork()`` can run in a child.
+
+    Three forms:
+
+    - ``@register`` registers under the function's ``__name__``;
+    - ``@register("name")`` registers under ``name``;
+    - ``register("name", function)`` registers ``function`` directly.
+
+    Each form returns the function unchanged. Registering the same
+    function under the same name again does nothing. Registering another
+    function under a name that is taken raises ValueError.
+
+    Register every function before ``pyfork.init()`` runs: the child looks
+    the name up when its ``init()`` dispatches.
+    """
+    if isinstance(name_or_function, str):
+        name = name_or_function
+        if function is not None:
+            _add(name, function)
+            return function
+
+        def decorator(target: "F") -> "F":
+            _add(name, target)
+            return target
+
+        return decorator
+
+    if function is not None:
+        message = (
+            "register(name, function) takes the name first; "
+            f"got {name_or_function!r} as the name"
+        )
+        raise TypeError(message)
+    target = name_or_function
+    target_name = getattr(target, "__name__", None)
+    if not isinstance(target_name, str):
+        message = (
+            f"{target!r} has no __name__; "
+            "register it with register('name', function)"
+        )
+        raise TypeError(message)
+    _add(target_name, target)
+    return target
+
+
+def lookup(
+    name_or_function: "str | Callable[..., Any]",
+) -> "tuple[str, Callable[..., Any]]":
+    """Return the registered name and function for a name or a function.
+
+    Raises NotRegisteredError when it was never registered.
+    """
+    from ._errors import NotRegisteredError
+
+    if isinstance(name_or_function, str):
+        function = _functions.get(name_or_function)
+        if function is None:
+            message = (
+                f"no function is registered as {name_or_function!r}; "
+                "decorate it with @pyfork.register above pyfork.init()"
+            )
+            raise NotRegisteredError(message)
+        return name_or_function, function
+
+    for name, function in _functions.items():
+        if function is name_or_function:
+            return name, function
+    message = (
+        f"{name_or_function!r} is not registered; decorate it with "
+        "@pyfork.register above pyfork.init()"
+    )
+    raise NotRegisteredError(message)
+
 
 _initialized = False
 _depth = 0
@@ -239,7 +355,7 @@ def _run_request() -> "NoReturn":
     if not _in_main_thread():
         _fail_start("pyfork.init() must be called from the main thread")
     name, args, kwargs, cwd, request_depth, argv = _read_request()
-    function = _registry.get(name)
+    function = _functions.get(name)
     if function is None:
         _fail_start(
             f"no function is registered as {name!r}; register it above "

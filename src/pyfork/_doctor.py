@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
+from . import __version__
 from ._backend import BACKEND
 from ._child import STARTUP_CWD
 from ._protocol import MARKER
 from ._reexec import parse_orig_argv, plan
-from ._version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import errno
 import os
 import sys
 
-from . import _child, _registry
+from . import _child
 from ._backend import backend
 from ._errors import PyforkError, SpawnError
 from ._process import Process, reap_orphans
@@ -229,7 +229,7 @@ class Fork:
         """
         _child.check_can_fork()
         reap_orphans()
-        name, function = _registry.lookup(self.function)
+        name, function = _child.lookup(self.function)
         _bind(name, function, args, kwargs)
         depth = _child_depth(name)
         launch = self._launch
