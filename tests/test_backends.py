@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from pyfork import _cbackend, _protocol, _pybackend
+from pyfork._child import MARKER
 from pyfork._protocol import (
     CHECK_LINKS,
     CHECK_MAGIC,
@@ -32,7 +33,6 @@ from pyfork._protocol import (
     CHECK_VERSION,
     ENCODING_MARSHAL,
     ENCODING_PICKLE,
-    MARKER,
     Marker,
     PayloadError,
     build_header,

@@ -22,6 +22,7 @@ import pytest
 from conftest import ScriptRun, ScriptRunner
 
 import pyfork
+from pyfork._child import MARKER
 from pyfork._protocol import (
     CHECK_LINKS,
     CHECK_MAGIC,
@@ -35,7 +36,6 @@ from pyfork._protocol import (
     ENCODING_MARSHAL,
     ENCODING_PICKLE,
     HEADER_SIZE,
-    MARKER,
     PROTOCOL_VERSION,
     TOKEN_SIZE,
     build_header,

@@ -6,8 +6,9 @@ Register functions, call ``pyfork.init()`` early, then call
 
 Every program that forks imports this package at start-up, and so does
 every child, so only what ``register()`` and ``init()`` need is imported
-here. The backend, with the compiled core, the exceptions and the
-parent-side API load on first use, or when ``init()`` runs in a parent.
+here. The protocol, the backend with the compiled core, the exceptions
+and the parent-side API load on first use, or when ``init()`` runs in a
+parent; a child loads the protocol and the backend at once.
 """
 
 # The build reads this line for the package metadata and for the compiled
@@ -16,7 +17,6 @@ parent-side API load on first use, or when ``init()`` runs in a parent.
 __version__ = "0.1.0"
 
 from ._child import init, is_child, register
-from ._protocol import EXIT_NO_INIT, EXIT_START_FAILED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     )
     from ._fork import DEFAULT_MAX_DEPTH, Fork, fork
     from ._process import Process
+    from ._protocol import EXIT_NO_INIT, EXIT_START_FAILED
     from ._stdio import DEVNULL, PIPE, STDOUT
 
 # The submodule that defines each name loaded on first use.
@@ -43,6 +44,8 @@ _LAZY_NAMES = {
     "TimeoutExpired": "_errors",
     "DEFAULT_MAX_DEPTH": "_fork",
     "DEVNULL": "_stdio",
+    "EXIT_NO_INIT": "_protocol",
+    "EXIT_START_FAILED": "_protocol",
     "Fork": "_fork",
     "PIPE": "_stdio",
     "Process": "_process",

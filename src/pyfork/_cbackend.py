@@ -11,11 +11,11 @@ import errno
 import os
 
 from . import _core
+from ._child import MARKER
 from ._protocol import (
     CHECK_MESSAGES,
     HEADER_SIZE,
     LARGE_BODY,
-    MARKER,
     Marker,
     PayloadError,
     map_body,

@@ -11,20 +11,27 @@ imports costs start-up time.
 import os
 import sys
 
-from ._protocol import (
-    EXIT_NO_INIT,
-    EXIT_START_FAILED,
-    MARKER,
-    RECORD_EXITED,
-    RECORD_RAISED,
-    RECORD_RETURNED,
-    RECORD_START_FAILED,
-    RECORD_STARTED,
-    PayloadError,
-    decode_body,
-    encode_body,
-    parse_marker,
-)
+#: The environment variable that marks a child. _protocol describes its
+#: value.
+MARKER = "PYFORK_CHILD"
+
+if MARKER in os.environ:
+    # Only a child needs the protocol at start-up. A parent loads it with
+    # the parent-side modules when init() runs, so that programs that
+    # import pyfork and never fork do not pay for it.
+    from ._protocol import (
+        EXIT_NO_INIT,
+        EXIT_START_FAILED,
+        RECORD_EXITED,
+        RECORD_RAISED,
+        RECORD_RETURNED,
+        RECORD_START_FAILED,
+        RECORD_STARTED,
+        PayloadError,
+        decode_body,
+        encode_body,
+        parse_marker,
+    )
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

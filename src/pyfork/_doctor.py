@@ -7,8 +7,7 @@ import sys
 
 from . import __version__
 from ._backend import BACKEND
-from ._child import STARTUP_CWD
-from ._protocol import MARKER
+from ._child import MARKER, STARTUP_CWD
 from ._reexec import parse_orig_argv, plan
 
 TYPE_CHECKING = False

@@ -9,6 +9,7 @@ that need typing are strings instead of a ``from __future__`` import.
 import errno
 import os
 
+from ._child import MARKER
 from ._protocol import (
     CHECK_LINKS,
     CHECK_MESSAGES,
@@ -18,7 +19,6 @@ from ._protocol import (
     CHECK_SIZE,
     HEADER_SIZE,
     LARGE_BODY,
-    MARKER,
     Marker,
     PayloadError,
     build_header,
