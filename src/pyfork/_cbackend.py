@@ -90,8 +90,10 @@ def read_record(
     """
     if os.fstat(fd).st_size == 0:
         return None
-    record = _read_checked(fd, False, token, "result file", None)
-    return record if len(record[1]) else None
+    encoding, body_size = _check_payload(fd, False, token, "result file", None)
+    if body_size == 0:
+        return None
+    return encoding, _read_body(fd, False, body_size, "result file")
 
 
 def create_payload(
@@ -270,7 +272,10 @@ def read_payload(marker: Marker) -> tuple[int, bytearray | memoryview]:
         fd = marker.fd
 
     try:
-        return _read_checked(fd, named, marker.token, source, marker.path)
+        encoding, body_size = _check_payload(
+            fd, named, marker.token, source, marker.path
+        )
+        return encoding, _read_body(fd, named, body_size, source)
     finally:
         try:
             os.close(fd)
@@ -278,12 +283,12 @@ def read_payload(marker: Marker) -> tuple[int, bytearray | memoryview]:
             pass  # an invalid inherited fd: the check above reported it
 
 
-def _read_checked(
+def _check_payload(
     fd: int, named: bool, token: bytes, source: str, path: str | None
-) -> tuple[int, bytearray | memoryview]:
-    """Check the file behind ``fd``, unlink ``path``, and read the body.
+) -> tuple[int, int]:
+    """Check the file behind ``fd`` and unlink ``path``.
 
-    A large body of an anonymous file is mapped instead of read.
+    Returns the body encoding and size. Raises PayloadError.
     """
     info = ffi.new("struct pyfork_payload_info *")
     status = lib.pyfork_payload_check(fd, named, token, info)
@@ -291,14 +296,22 @@ def _read_checked(
     if path is not None and lib.pyfork_unlink(os.fsencode(path)) != 0:
         err = ffi.errno
         raise PayloadError(f"cannot remove {source}: {os.strerror(err)}")
-    if not named and info.body_size >= LARGE_BODY:
-        return int(info.encoding), map_body(fd, info.body_size)
-    body = bytearray(info.body_size)
+    return int(info.encoding), int(info.body_size)
+
+
+def _read_body(
+    fd: int, named: bool, body_size: int, source: str
+) -> bytearray | memoryview:
+    """Read the body of a checked file, or map it when the file is
+    anonymous and the body large."""
+    if not named and body_size >= LARGE_BODY:
+        return map_body(fd, body_size)
+    body = bytearray(body_size)
     status = lib.pyfork_read_at(
         fd, ffi.from_buffer(body), len(body), HEADER_SIZE
     )
     _check_status(status, source)
-    return int(info.encoding), body
+    return body
 
 
 def _check_status(status: int, source: str) -> None:

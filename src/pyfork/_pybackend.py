@@ -123,8 +123,12 @@ def read_record(
     if os.fstat(fd).st_size == 0:
         return None
     try:
-        record = _read_checked(fd, False, token, "result file", None)
-        return record if len(record[1]) else None
+        encoding, body_size = _check_payload(
+            fd, False, token, "result file", None
+        )
+        if body_size == 0:
+            return None
+        return encoding, _read_body(fd, False, body_size, "result file")
     except OSError as error:
         message = f"cannot read result file: {error.strerror}"
         raise PayloadError(message) from None
@@ -300,7 +304,10 @@ def read_payload(marker: Marker) -> tuple[int, bytearray | memoryview]:
         fd = marker.fd
 
     try:
-        return _read_checked(fd, named, marker.token, source, marker.path)
+        encoding, body_size = _check_payload(
+            fd, named, marker.token, source, marker.path
+        )
+        return encoding, _read_body(fd, named, body_size, source)
     except OSError as error:
         message = f"cannot read {source}: {error.strerror}"
         raise PayloadError(message) from None
@@ -308,12 +315,12 @@ def read_payload(marker: Marker) -> tuple[int, bytearray | memoryview]:
         _close_quietly(fd)
 
 
-def _read_checked(
+def _check_payload(
     fd: int, named: bool, token: bytes, source: str, path: str | None
-) -> tuple[int, bytearray | memoryview]:
-    """Check the file behind ``fd``, unlink ``path``, and read the body.
+) -> tuple[int, int]:
+    """Check the file behind ``fd`` and unlink ``path``.
 
-    A large body of an anonymous file is mapped instead of read.
+    Returns the body encoding and size. Raises PayloadError and OSError.
     """
     size = _check_file(fd, named, source)
     header = _read_at(fd, min(size, HEADER_SIZE), 0, source)
@@ -327,10 +334,17 @@ def _read_checked(
         except OSError as error:
             message = f"cannot remove {source}: {error.strerror}"
             raise PayloadError(message) from None
-    body_size = size - HEADER_SIZE
+    return encoding, size - HEADER_SIZE
+
+
+def _read_body(
+    fd: int, named: bool, body_size: int, source: str
+) -> bytearray | memoryview:
+    """Read the body of a checked file, or map it when the file is
+    anonymous and the body large."""
     if not named and body_size >= LARGE_BODY:
-        return encoding, map_body(fd, body_size)
-    return encoding, _read_at(fd, body_size, HEADER_SIZE, source)
+        return map_body(fd, body_size)
+    return _read_at(fd, body_size, HEADER_SIZE, source)
 
 
 def _close_quietly(fd: int) -> None:
