@@ -58,6 +58,9 @@ GIL_WRAPPERS_CDEF = """
 char **pyfork_env_build_locked(char *const *base, const char *name,
                                const char *entry);
 ssize_t pyfork_env_take_locked(const char *name, char *buf, size_t size);
+int pyfork_start_locked(const struct pyfork_start_request *request,
+                        const struct pyfork_spawn_options *options,
+                        struct pyfork_started *started);
 """
 
 GIL_WRAPPERS_SOURCE = """
@@ -84,6 +87,14 @@ static ssize_t pyfork_env_take_locked(const char *name, char *buf,
     PyGILState_Release(state);
     errno = saved;
     return len;
+}
+
+/* pyfork_start() with the GIL held only while the environment is read. */
+static int pyfork_start_locked(const struct pyfork_start_request *request,
+                               const struct pyfork_spawn_options *options,
+                               struct pyfork_started *started)
+{
+    return pyfork_start(request, options, pyfork_env_build_locked, started);
 }
 """
 

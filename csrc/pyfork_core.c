@@ -14,6 +14,7 @@
 #include <limits.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,10 +131,24 @@ static addchdir_fn lookup_addchdir(void)
                               "posix_spawn_file_actions_addchdir_np");
 }
 
+/*
+ * dlsym() searches every loaded library, which costs microseconds on each
+ * spawn of a process with many extension modules, so the result is kept.
+ * Threads that race here store the same value.
+ */
+static _Atomic(addclosefrom_fn) cached_addclosefrom;
+static atomic_int addclosefrom_looked_up;
+
 static addclosefrom_fn lookup_addclosefrom(void)
 {
-    return (addclosefrom_fn)dlsym(RTLD_DEFAULT,
-                                  "posix_spawn_file_actions_addclosefrom_np");
+    if (atomic_load(&addclosefrom_looked_up)) {
+        return atomic_load(&cached_addclosefrom);
+    }
+    addclosefrom_fn found = (addclosefrom_fn)dlsym(
+        RTLD_DEFAULT, "posix_spawn_file_actions_addclosefrom_np");
+    atomic_store(&cached_addclosefrom, found);
+    atomic_store(&addclosefrom_looked_up, 1);
+    return found;
 }
 
 static int is_kept(int fd, const int *keep_fds, size_t n_keep_fds)
@@ -419,8 +434,13 @@ static void build_header(unsigned char *header, const unsigned char *token,
     store_u64_le(header + 24, body_size);
 }
 
-int pyfork_payload_write(int fd, const unsigned char *token, int encoding,
-                         const void *body, size_t body_size)
+/*
+ * Write the header and `body` at offset 0 of `fd`, retrying short writes
+ * and EINTR, and return the size written or -1 with errno set. Bytes
+ * beyond it stay.
+ */
+static off_t write_record(int fd, const unsigned char *token, int encoding,
+                          const void *body, size_t body_size)
 {
     unsigned char header[PYFORK_HEADER_SIZE];
     build_header(header, token, encoding, body_size);
@@ -451,6 +471,16 @@ int pyfork_payload_write(int fd, const unsigned char *token, int encoding,
             next->iov_base = (char *)next->iov_base + written;
             next->iov_len -= written;
         }
+    }
+    return offset;
+}
+
+int pyfork_payload_write(int fd, const unsigned char *token, int encoding,
+                         const void *body, size_t body_size)
+{
+    off_t offset = write_record(fd, token, encoding, body, body_size);
+    if (offset < 0) {
+        return -1;
     }
     /* Drop what a longer, earlier record left beyond this one. */
     while (ftruncate(fd, offset) != 0) {
@@ -558,3 +588,155 @@ int pyfork_read_at(int fd, void *buf, size_t size, uint64_t offset)
 }
 
 int pyfork_unlink(const char *path) { return unlink(path); }
+
+/* Starting a child */
+
+/*
+ * Return the marker entry "NAME=VERSION:TOKEN:RESULT:fd:N" or
+ * "NAME=VERSION:TOKEN:RESULT:path:PATH" in a malloc() block, or NULL with
+ * errno set.
+ */
+static char *format_marker_entry(const struct pyfork_start_request *request,
+                                 int result_fd, int payload_fd)
+{
+    static const char digits[] = "0123456789abcdef";
+    char token_hex[2 * PYFORK_TOKEN_SIZE + 1];
+    for (size_t i = 0; i < PYFORK_TOKEN_SIZE; i++) {
+        token_hex[2 * i] = digits[request->token[i] >> 4];
+        token_hex[2 * i + 1] = digits[request->token[i] & 0xf];
+    }
+    token_hex[2 * PYFORK_TOKEN_SIZE] = '\0';
+
+    const char *path = request->payload_path;
+    /* The fixed part holds the version, two ints and the separators. */
+    size_t size = strlen(request->marker_name) + sizeof token_hex + 64;
+    if (path != NULL) {
+        size += strlen(path);
+    }
+    char *entry = malloc(size);
+    if (entry == NULL) {
+        return NULL;
+    }
+    int n;
+    if (path != NULL) {
+        n = snprintf(entry, size, "%s=%d:%s:%d:path:%s", request->marker_name,
+                     PYFORK_PROTOCOL_VERSION, token_hex, result_fd, path);
+    } else {
+        n = snprintf(entry, size, "%s=%d:%s:%d:fd:%d", request->marker_name,
+                     PYFORK_PROTOCOL_VERSION, token_hex, result_fd,
+                     payload_fd);
+    }
+    if (n < 0 || (size_t)n >= size) {
+        free(entry);
+        errno = EOVERFLOW;
+        return NULL;
+    }
+    return entry;
+}
+
+/* Create an anonymous file that holds a header and `body`. */
+static int create_written(const struct pyfork_start_request *request,
+                          int encoding, const void *body, size_t body_size)
+{
+    int fd = pyfork_payload_create_anonymous(request->fallback_dir);
+    if (fd < 0) {
+        return -1;
+    }
+    /* A new file is empty, so nothing is left to truncate. */
+    if (write_record(fd, request->token, encoding, body, body_size) < 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+/* Spawn the child of `request` with the result and payload fds kept. */
+static int spawn_with_marker(const struct pyfork_start_request *request,
+                             const struct pyfork_spawn_options *options,
+                             pyfork_env_builder build_env, int result_fd,
+                             int payload_fd, pid_t *pid)
+{
+    /* A named payload file is opened by path, so its fd stays behind. */
+    int passes_payload = request->payload_path == NULL;
+    size_t n_keep = options->n_keep_fds + (passes_payload ? 2 : 1);
+    int *keep = malloc(n_keep * sizeof *keep);
+    if (keep == NULL) {
+        return -1;
+    }
+    size_t i = 0;
+    keep[i++] = result_fd;
+    if (passes_payload) {
+        keep[i++] = payload_fd;
+    }
+    for (size_t j = 0; j < options->n_keep_fds; j++) {
+        keep[i++] = options->keep_fds[j];
+    }
+    struct pyfork_spawn_options with_files = *options;
+    with_files.keep_fds = keep;
+    with_files.n_keep_fds = n_keep;
+
+    int status = -1;
+    char **env = NULL;
+    char *entry = format_marker_entry(request, result_fd, payload_fd);
+    if (entry != NULL) {
+        env = build_env(request->env, request->marker_name, entry);
+    }
+    if (env != NULL) {
+        status = pyfork_spawn(pid, request->executable, request->argv, env,
+                              &with_files);
+    }
+    int saved = errno;
+    pyfork_env_free(env);
+    free(entry);
+    free(keep);
+    errno = saved;
+    return status;
+}
+
+int pyfork_start(const struct pyfork_start_request *request,
+                 const struct pyfork_spawn_options *options,
+                 pyfork_env_builder build_env, struct pyfork_started *started)
+{
+    started->pid = -1;
+    started->result_fd = -1;
+    started->failed_step = PYFORK_START_RESULT_FILE;
+    /* The empty record carries the token, so the child can tell that the
+     * fd it is given is this file. */
+    int result_fd = create_written(request, 0, NULL, 0);
+    if (result_fd < 0) {
+        return -1;
+    }
+
+    int payload_fd = request->payload_fd;
+    if (payload_fd < 0) {
+        started->failed_step = PYFORK_START_PAYLOAD_FILE;
+        payload_fd = create_written(request, request->encoding,
+                                    request->body, request->body_size);
+        if (payload_fd < 0) {
+            int saved = errno;
+            close(result_fd);
+            errno = saved;
+            return -1;
+        }
+    }
+
+    started->failed_step = PYFORK_START_SPAWN;
+    pid_t pid;
+    int status = spawn_with_marker(request, options, build_env, result_fd,
+                                   payload_fd, &pid);
+    int saved = errno;
+    if (payload_fd != request->payload_fd) {
+        close(payload_fd); /* the child has its own copy now */
+    }
+    if (status != 0) {
+        close(result_fd);
+        errno = saved;
+        return -1;
+    }
+    started->pid = pid;
+    started->result_fd = result_fd;
+    started->failed_step = 0;
+    return 0;
+}

@@ -154,6 +154,61 @@ int pyfork_read_at(int fd, void *buf, size_t size, uint64_t offset);
 /* Remove a named payload file. Returns 0, or -1 with errno set. */
 int pyfork_unlink(const char *path);
 
+/* The steps of pyfork_start(), as struct pyfork_started names the one
+ * that failed. */
+#define PYFORK_START_RESULT_FILE 1
+#define PYFORK_START_PAYLOAD_FILE 2
+#define PYFORK_START_SPAWN 3
+
+/* pyfork_env_build(), or a wrapper of it that excludes other threads. */
+typedef char **(*pyfork_env_builder)(char *const *base, const char *name,
+                                     const char *entry);
+
+/* The child that pyfork_start() starts. */
+struct pyfork_start_request {
+    const char *executable;
+    char *const *argv;
+    /* The child's environment before the marker; NULL for the process's. */
+    char *const *env;
+    /* The marker variable's name, and the token that the marker and both
+     * files carry. */
+    const char *marker_name;
+    const unsigned char *token;
+    /* A file that holds the payload already, with its path when it is
+     * named; or -1, and the body below goes into a new anonymous file. */
+    int payload_fd;
+    const char *payload_path;
+    int encoding;
+    const void *body;
+    size_t body_size;
+    /* Where anonymous files go when memfd_create() fails, or NULL. */
+    const char *fallback_dir;
+};
+
+struct pyfork_started {
+    pid_t pid;
+    /* The result file, which holds an empty record with the token. */
+    int result_fd;
+    /* 0, or the PYFORK_START_* step that failed. */
+    int failed_step;
+};
+
+/*
+ * Start a pyfork child in one call: create the anonymous result file
+ * with an empty record, create and write the anonymous payload file
+ * unless request->payload_fd is set, add the marker to the environment
+ * through `build_env`, and spawn as pyfork_spawn() does, with the result
+ * fd, the payload fd (unless the file is named) and options->keep_fds
+ * kept in the child. A payload file created here is closed again in the
+ * parent.
+ * Fills `started` and returns 0, or returns -1 with errno set and
+ * started->failed_step, with every fd it created closed.
+ */
+int pyfork_start(const struct pyfork_start_request *request,
+                 const struct pyfork_spawn_options *options,
+                 pyfork_env_builder build_env,
+                 struct pyfork_started *started);
+
 /* cdef end */
 
 #endif

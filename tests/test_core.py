@@ -1017,3 +1017,233 @@ def test_unlink_missing_enoent(tmp_path: Path) -> None:
     """Removing a path that does not exist fails with ENOENT."""
     assert lib.pyfork_unlink(os.fsencode(tmp_path / "missing")) == -1
     assert ffi.errno == errno.ENOENT
+
+
+# pyfork_start
+
+MARKER_NAME = b"PYFORK_CHILD"
+# The child's report: its marker, then every fd from 3 to 500 that it has
+# open. The loop has no redirection, which would make the shell open fds.
+REPORT_SCRIPT = (
+    'r=$PYFORK_CHILD; n=3; while [ "$n" -le 500 ]; do '
+    '[ -e "/proc/self/fd/$n" ] && r="$r $n"; n=$((n + 1)); done; '
+    'printf "%s\\n" "$r" > "$1"'
+)
+
+
+def _open_fds() -> set[int]:
+    """Return this process's open fds, without the one that lists them."""
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            os.fstat(int(name))
+            fds.add(int(name))
+    return fds
+
+
+def _start_raw(
+    argv: Sequence[bytes],
+    *,
+    env: Sequence[bytes] | None = BASE_ENV,
+    payload_fd: int = -1,
+    payload_path: bytes | None = None,
+    body: bytes = BODY,
+    keep_fds: Sequence[int] = (),
+) -> tuple[int, int, Any]:
+    """Call pyfork_start() and return its status, errno and the
+    ``struct pyfork_started``."""
+    c_argv, _argv_buffers = _cstring_array(argv)
+    c_env, _env_buffers = (
+        (ffi.NULL, None) if env is None else _cstring_array(env)
+    )
+    buffers = {
+        "executable": ffi.new("char[]", argv[0]),
+        "marker_name": ffi.new("char[]", MARKER_NAME),
+        "token": ffi.new("unsigned char[]", TOKEN),
+        "body": ffi.new("char[]", body),
+        "payload_path": (
+            ffi.NULL
+            if payload_path is None
+            else ffi.new("char[]", payload_path)
+        ),
+    }
+    request = ffi.new(
+        "struct pyfork_start_request *",
+        {
+            **buffers,
+            "argv": c_argv,
+            "env": c_env,
+            "payload_fd": payload_fd,
+            "encoding": 1,
+            "body_size": len(body),
+            "fallback_dir": ffi.NULL,
+        },
+    )
+    keep = ffi.new("int[]", list(keep_fds))
+    options = ffi.new(
+        "struct pyfork_spawn_options *",
+        {"keep_fds": keep, "n_keep_fds": len(keep_fds), "stdio": [-1] * 3},
+    )
+    started = ffi.new("struct pyfork_started *")
+    status = lib.pyfork_start_locked(request, options, started)
+    return status, ffi.errno, started
+
+
+def _report_lines(output: Path) -> tuple[str, set[int]]:
+    """Return the marker and the open fds that REPORT_SCRIPT wrote."""
+    marker, *fds = output.read_text(encoding="ascii").split()
+    return marker, {int(fd) for fd in fds}
+
+
+def test_start_anonymous_payload(tmp_path: Path) -> None:
+    """The child gets the marker, the result fd and the payload fd; the
+    parent keeps only the result fd, which holds an empty record."""
+    output = tmp_path / "report.txt"
+    before = _open_fds()
+
+    status, err, started = _start_raw(
+        [SH, b"-c", REPORT_SCRIPT.encode(), b"sh", os.fsencode(output)]
+    )
+
+    assert status == 0, os.strerror(err)
+    assert started.failed_step == 0
+    result_fd = started.result_fd
+    try:
+        assert _wait(started.pid) == 0
+        assert _open_fds() - before == {result_fd}
+        assert _is_cloexec(result_fd)
+        info = ffi.new("struct pyfork_payload_info *")
+        assert lib.pyfork_payload_check(result_fd, 0, TOKEN, info) == 0
+        assert info.body_size == 0
+    finally:
+        os.close(result_fd)
+    marker, child_fds = _report_lines(output)
+    match = re.fullmatch(r"1:([0-9a-f]{32}):(\d+):fd:(\d+)", marker)
+    assert match is not None, marker
+    assert bytes.fromhex(match.group(1)) == TOKEN
+    assert int(match.group(2)) == result_fd
+    payload_fd = int(match.group(3))
+    assert payload_fd not in before
+    assert child_fds == {result_fd, payload_fd}
+
+
+def test_start_payload_reaches_child(tmp_path: Path) -> None:
+    """The anonymous payload file holds the header and the body."""
+    output = tmp_path / "payload.bin"
+    script = 'p=${PYFORK_CHILD##*:}; cat "/proc/self/fd/$p" > "$1"'
+
+    status, err, started = _start_raw(
+        [SH, b"-c", script.encode(), b"sh", os.fsencode(output)]
+    )
+
+    assert status == 0, os.strerror(err)
+    os.close(started.result_fd)
+    assert _wait(started.pid) == 0
+    payload = output.read_bytes()
+    assert payload[: _protocol.HEADER_SIZE] == _protocol.build_header(
+        TOKEN, 1, len(BODY)
+    )
+    assert payload[_protocol.HEADER_SIZE :] == BODY
+
+
+def test_start_named_payload(tmp_path: Path, opened_fds: list[int]) -> None:
+    """A named payload file is named in the marker, not passed as an fd,
+    and the caller's fd stays open."""
+    payload_fd, path = _create_named(tmp_path)
+    opened_fds.append(payload_fd)
+    _write_payload(payload_fd)
+    output = tmp_path / "report.txt"
+    kept = _move_fd(os.open(os.devnull, os.O_RDONLY), HIGH_FD, cloexec=True)
+    opened_fds.append(kept)
+
+    status, err, started = _start_raw(
+        [SH, b"-c", REPORT_SCRIPT.encode(), b"sh", os.fsencode(output)],
+        payload_fd=payload_fd,
+        payload_path=os.fsencode(path),
+        keep_fds=[kept],
+    )
+
+    assert status == 0, os.strerror(err)
+    os.close(started.result_fd)
+    assert _wait(started.pid) == 0
+    os.fstat(payload_fd)  # still open in the parent
+    marker, child_fds = _report_lines(output)
+    expected = f"1:{TOKEN.hex()}:{started.result_fd}:path:{path}"
+    assert marker == expected
+    assert child_fds == {started.result_fd, kept}
+
+
+def test_start_environment(tmp_path: Path) -> None:
+    """The child's environment is the base block with the marker replaced."""
+    output = tmp_path / "env.txt"
+    env = [*BASE_ENV, b"PYFORK_CHILD=stale", b"PYFORK_TEST_VAR=1"]
+
+    status, err, started = _start_raw(
+        [SH, b"-c", b'env > "$1"', b"sh", os.fsencode(output)], env=env
+    )
+
+    assert status == 0, os.strerror(err)
+    os.close(started.result_fd)
+    assert _wait(started.pid) == 0
+    lines = output.read_text(encoding="ascii").splitlines()
+    markers = [line for line in lines if line.startswith("PYFORK_CHILD=")]
+    assert len(markers) == 1
+    assert markers[0].startswith(f"PYFORK_CHILD=1:{TOKEN.hex()}:")
+    assert "PYFORK_TEST_VAR=1" in lines
+    assert not [line for line in lines if line.startswith("PYTEST_")]
+
+
+def test_start_spawn_failure_closes_files(tmp_path: Path) -> None:
+    """A child that cannot start leaves no fd open and names the step."""
+    before = _open_fds()
+
+    status, err, started = _start_raw([os.fsencode(tmp_path / "missing")])
+
+    assert status == -1
+    assert err == errno.ENOENT
+    assert started.failed_step == lib.PYFORK_START_SPAWN
+    assert started.pid == -1
+    assert started.result_fd == -1
+    assert _open_fds() == before
+
+
+@contextlib.contextmanager
+def _fd_limit_above_lowest_free(extra: int) -> Iterator[None]:
+    """Lower RLIMIT_NOFILE so that only ``extra`` more fds can be made."""
+    import resource
+
+    lowest_free = 0
+    while lowest_free in _open_fds():
+        lowest_free += 1
+    highest = max(_open_fds())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Fds above the limit stay open, but every new fd is the lowest free
+    # one, and numbers at or above the limit are refused.
+    assert highest < soft
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + extra, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize(
+    ("extra", "step"),
+    [
+        pytest.param(0, "PYFORK_START_RESULT_FILE", id="result"),
+        pytest.param(1, "PYFORK_START_PAYLOAD_FILE", id="payload"),
+    ],
+)
+def test_start_file_failure(extra: int, step: str) -> None:
+    """Without fds for its files, pyfork_start() names the file it could
+    not create, starts nothing and leaves no fd open."""
+    before = _open_fds()
+
+    with _fd_limit_above_lowest_free(extra):
+        status, err, started = _start_raw([b"/bin/true"])
+
+    assert status == -1
+    assert err == errno.EMFILE
+    assert started.failed_step == getattr(lib, step)
+    assert started.pid == -1
+    assert _open_fds() == before

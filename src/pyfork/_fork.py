@@ -8,14 +8,13 @@ import sys
 
 from . import _child
 from ._backend import backend
-from ._errors import PyforkError, SpawnError
+from ._errors import FileCreationError, PyforkError, SpawnError
 from ._process import Process, reap_orphans
 from ._protocol import (
     ENCODING_PICKLE,
     TOKEN_SIZE,
     encode_body,
     fits_marshal,
-    format_marker,
     stream_body,
 )
 from ._reexec import LaunchPlan, child_command
@@ -250,68 +249,59 @@ class Fork:
         directory = _payload_directory() if self.transport == "path" else None
 
         stdio = StdioSetup(self.stdio)
-        files = _ChildFiles()
+        payload = _PayloadFile()
         try:
-            files.result_fd = _create_file(
-                backend.create_anonymous_file, "result"
-            )
-            # The empty record carries the token, so the child can tell
-            # that the fd it is given is this file.
-            backend.write_record(files.result_fd, token, 0, b"")
             if encoded is None:
-                files.payload_fd = _stream_payload(token, request)
-            else:
-                files.payload_fd, files.path = _create_file(
+                payload.fd = _stream_payload(token, request)
+            elif directory is not None:
+                payload.fd, payload.path = _create_file(
                     backend.create_payload,
                     "payload",
                     token,
                     *encoded,
                     directory,
                 )
-            identity = files.identity()
-            pid = self._spawn(
+                payload.identity = payload.file_identity()
+            pid, result_fd = self._start_child(
                 launch,
                 current,
                 stdio.child_fds,
                 token=token,
-                payload_fd=files.payload_fd,
-                path=files.path,
-                result_fd=files.result_fd,
+                encoded=encoded,
+                payload=payload,
             )
         except BaseException:
             stdio.close_all()
-            files.discard()
+            payload.discard()
             raise
         stdio.spawned()
-        os.close(files.payload_fd)
+        payload.close()
         return Process(
             pid,
             name,
             token=token,
-            result_fd=files.result_fd,
-            payload_path=files.path,
-            payload_identity=identity,
+            result_fd=result_fd,
+            payload_path=payload.path,
+            payload_identity=payload.identity,
             streams=stdio.parent_streams(),
         )
 
-    def _spawn(
+    def _start_child(
         self,
         launch: LaunchPlan,
         current: str,
         stdio: list[int],
         *,
         token: bytes,
-        payload_fd: int,
-        path: str | None,
-        result_fd: int,
-    ) -> int:
-        """Start the child and return its pid. Raises SpawnError."""
-        if path is None:
-            marker = format_marker(token, payload_fd, None, result_fd)
-            keep_fds = (payload_fd, result_fd, *self.pass_fds)
-        else:
-            marker = format_marker(token, None, path, result_fd)
-            keep_fds = (result_fd, *self.pass_fds)
+        encoded: tuple[int, bytes] | None,
+        payload: _PayloadFile,
+    ) -> tuple[int, int]:
+        """Start the child and return its pid and result fd.
+
+        ``encoded`` goes into a new anonymous payload file unless
+        ``payload`` holds the payload already. Raises SpawnError, or
+        PyforkError when a file cannot be created.
+        """
         env = self.env
         if "PYTHONINSPECT" in (os.environ if env is None else env):
             # The child must never open a prompt, as -i is dropped for it.
@@ -321,17 +311,22 @@ class Fork:
         if spawn_cwd == current:
             spawn_cwd = None  # the child starts here anyway
         try:
-            pid: int = backend.spawn(
+            started: tuple[int, int] = backend.start(
                 launch.executable,
                 launch.argv,
-                marker,
                 env,
-                keep_fds,
+                token,
+                body=encoded if payload.fd < 0 else None,
+                payload_fd=payload.fd,
+                payload_path=payload.path,
+                pass_fds=self.pass_fds,
                 stdio=stdio,
                 cwd=spawn_cwd,
                 setsid=self.start_new_session,
                 pgroup=self.process_group,
             )
+        except FileCreationError as error:
+            raise _file_error(error.what, error) from error
         except OSError as error:
             spawn_error = SpawnError(
                 error.errno, error.strerror, launch.executable
@@ -343,29 +338,31 @@ class Fork:
                     f"{self.process_group} (process_group=)"
                 )
             raise spawn_error from error
-        return pid
+        return started
 
 
-class _ChildFiles:
-    """The files created for one child, and their removal on failure."""
+class _PayloadFile:
+    """A payload file that the parent created before the start, if any."""
 
     def __init__(self) -> None:
-        self.result_fd = -1
-        self.payload_fd = -1
+        self.fd = -1
         self.path: str | None = None
+        self.identity: tuple[int, int] | None = None
 
-    def identity(self) -> tuple[int, int] | None:
-        """Return (st_dev, st_ino) of a named payload file, or None."""
-        if self.path is None:
-            return None
-        info = os.fstat(self.payload_fd)
+    def file_identity(self) -> tuple[int, int]:
+        """Return (st_dev, st_ino) of the open file."""
+        info = os.fstat(self.fd)
         return (info.st_dev, info.st_ino)
 
+    def close(self) -> None:
+        """Close the parent's fd, once the child has its own."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
     def discard(self) -> None:
-        """Close and remove whatever was created."""
-        for fd in (self.payload_fd, self.result_fd):
-            if fd >= 0:
-                os.close(fd)
+        """Close and remove the file after a failed start."""
+        self.close()
         if self.path is not None:
             try:
                 backend.remove_payload(self.path)
@@ -548,23 +545,29 @@ _RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
 
 def _create_file(create: Callable[..., Any], what: str, *args: Any) -> Any:
-    """Call a backend's create function, turning OSError into PyforkError.
-
-    Running out of fds or memory raises SpawnError with the errno, as a
-    failed posix_spawn() does; other errors name the directory.
-    """
+    """Call a backend's create function, turning OSError into PyforkError
+    as _file_error() does."""
     try:
         return create(*args)
     except OSError as error:
-        if error.errno in _RESOURCE_ERRNOS:
-            strerror = f"{error.strerror}, creating the {what} file"
-            raise SpawnError(error.errno, strerror, sys.executable) from error
-        where = error.filename if error.filename else "memory"
-        message = (
-            f"cannot create the {what} file in {where}: {error.strerror} "
-            f"(errno {error.errno})"
-        )
-        raise PyforkError(message) from error
+        raise _file_error(what, error) from error
+
+
+def _file_error(what: str, error: OSError) -> PyforkError:
+    """Return the error to raise when the ``what`` file cannot be created.
+
+    Running out of fds or memory gives SpawnError with the errno, as a
+    failed posix_spawn() does; other errors name the directory.
+    """
+    if error.errno in _RESOURCE_ERRNOS:
+        strerror = f"{error.strerror}, creating the {what} file"
+        return SpawnError(error.errno, strerror, sys.executable)
+    where = error.filename if error.filename else "memory"
+    message = (
+        f"cannot create the {what} file in {where}: {error.strerror} "
+        f"(errno {error.errno})"
+    )
+    return PyforkError(message)
 
 
 def fork(
