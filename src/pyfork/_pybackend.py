@@ -17,20 +17,21 @@ from ._protocol import (
     CHECK_NOT_REGULAR,
     CHECK_OWNER,
     CHECK_SIZE,
+    ENCODING_PICKLE,
     HEADER_SIZE,
     LARGE_BODY,
     Marker,
     PayloadError,
     build_header,
     check_header,
-    format_marker,
     map_body,
+    open_body,
 )
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from typing import Any
+    from typing import Any, BinaryIO
 
 _NO_FALLBACK_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
@@ -246,78 +247,6 @@ def spawn(
         raise
 
 
-def start(
-    executable: str,
-    argv: "Sequence[str]",
-    env: "Mapping[str, str] | None",
-    token: bytes,
-    *,
-    body: "tuple[int, bytes] | None" = None,
-    payload_fd: int = -1,
-    payload_path: str | None = None,
-    pass_fds: "Sequence[int]" = (),
-    stdio: "Sequence[int]" = (-1, -1, -1),
-    cwd: str | None = None,
-    setsid: bool = False,
-    pgroup: int | None = None,
-) -> tuple[int, int]:
-    """Create the result file and start a child. Return (pid, result fd).
-
-    The payload is ``body``, (encoding, body) for a new anonymous file that
-    is closed again once the child has it, or the file at ``payload_fd``
-    that the caller created, named ``payload_path`` when it has a name.
-    The other arguments are those of spawn(). Raises FileCreationError
-    when a file cannot be created or written and OSError when the child
-    cannot be started; no fd that this created is left open then.
-    """
-    result_fd = _create_written("result", token, 0, b"")
-    own_payload = payload_fd < 0
-    try:
-        if own_payload:
-            encoding, data = (0, b"") if body is None else body
-            payload_fd = _create_written("payload", token, encoding, data)
-        if payload_path is None:
-            marker = format_marker(token, payload_fd, None, result_fd)
-            keep_fds = (result_fd, payload_fd, *pass_fds)
-        else:
-            marker = format_marker(token, None, payload_path, result_fd)
-            keep_fds = (result_fd, *pass_fds)
-        pid = spawn(
-            executable,
-            argv,
-            marker,
-            env,
-            keep_fds,
-            stdio=stdio,
-            cwd=cwd,
-            setsid=setsid,
-            pgroup=pgroup,
-        )
-    except BaseException:
-        os.close(result_fd)
-        raise
-    finally:
-        if own_payload and payload_fd >= 0:
-            os.close(payload_fd)  # the child has its own copy now
-    return pid, result_fd
-
-
-def _create_written(
-    what: str, token: bytes, encoding: int, body: bytes
-) -> int:
-    """Create an anonymous file holding a header and ``body``. Raises
-    FileCreationError naming ``what``."""
-    try:
-        fd, _ = create_payload(token, encoding, body, None)
-    except OSError as error:
-        from ._errors import FileCreationError
-
-        raise FileCreationError(
-            what, error.errno, error.strerror, error.filename
-        ) from error
-    return fd
-
-
 def take_marker() -> str | None:
     """Read and remove the marker variable. Return None when it is unset."""
     return os.environ.pop(MARKER, None)
@@ -354,11 +283,15 @@ def _check_file(fd: int, named: bool, source: str) -> int:
     return info.st_size
 
 
-def read_payload(marker: Marker) -> tuple[int, bytearray | memoryview]:
+def read_payload(
+    marker: Marker,
+) -> "tuple[int, bytearray | memoryview | BinaryIO]":
     """Open, check and read the payload. Return its encoding and body.
 
     A named file is unlinked once it passes the checks, before the body
-    is read. Raises PayloadError.
+    is read. A large pickle body is returned as an open file from
+    open_body(), which takes over the descriptor, and decode_body() reads
+    and closes it. Raises PayloadError.
     """
     named = marker.path is not None
     if marker.path is not None:
@@ -376,16 +309,21 @@ def read_payload(marker: Marker) -> tuple[int, bytearray | memoryview]:
         source = f"payload descriptor {marker.fd}"
         fd = marker.fd
 
+    body_file = None
     try:
         encoding, body_size = _check_payload(
             fd, named, marker.token, source, marker.path
         )
+        if encoding == ENCODING_PICKLE and body_size >= LARGE_BODY:
+            body_file = open_body(fd)
+            return encoding, body_file
         return encoding, _read_body(fd, named, body_size, source)
     except OSError as error:
         message = f"cannot read {source}: {error.strerror}"
         raise PayloadError(message) from None
     finally:
-        _close_quietly(fd)
+        if body_file is None:
+            _close_quietly(fd)
 
 
 def _check_payload(
