@@ -249,6 +249,98 @@ static void round_trip_spawn(void)
           "EINVAL from a name with '='");
 }
 
+/* Start /bin/sh through pyfork_start(); it exits 0 when the marker is
+ * the expected one and the payload fd it names is open. */
+static void round_trip_start(const char *dir)
+{
+    char *sh_argv[] = {
+        "/bin/sh", "-c",
+        "case $PYFORK_CHILD in"
+        " 1:00112233445566778899aabbccddeeff:*:fd:*)"
+        " [ -e /proc/self/fd/${PYFORK_CHILD##*:} ] ;;"
+        " 1:00112233445566778899aabbccddeeff:*:path:*) true ;;"
+        " *) false ;; esac",
+        NULL};
+    struct pyfork_start_request request = {
+        .executable = "/bin/sh",
+        .argv = sh_argv,
+        .env = NULL,
+        .marker_name = "PYFORK_CHILD",
+        .token = token,
+        .payload_fd = -1,
+        .payload_path = NULL,
+        .encoding = 1,
+        .body = body,
+        .body_size = sizeof body,
+        .fallback_dir = NULL,
+    };
+    struct pyfork_spawn_options options = {
+        .keep_fds = NULL,
+        .n_keep_fds = 0,
+        .stdio = {-1, -1, -1},
+        .cwd = NULL,
+        .flags = 0,
+        .pgroup = 0,
+    };
+    struct pyfork_started started;
+    int status = -1;
+
+    check(pyfork_start(&request, &options, pyfork_env_build, &started) == 0,
+          "pyfork_start() with an anonymous payload");
+    if (started.pid > 0 && waitpid(started.pid, &status, 0) == started.pid) {
+        check(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "the marker and payload fd seen by pyfork_start()'s child");
+    }
+    if (started.result_fd >= 0) {
+        struct pyfork_payload_info info;
+        check(pyfork_payload_check(started.result_fd, 0, token, &info) == 0 &&
+                  info.body_size == 0,
+              "the empty record in pyfork_start()'s result file");
+        close(started.result_fd);
+    }
+
+    /* A named payload file that the caller created and still owns. */
+    char path[PATH_MAX];
+    int payload_fd = pyfork_payload_create_named(dir, path, sizeof path);
+    check(payload_fd >= 0, "pyfork_payload_create_named() for the start");
+    request.payload_fd = payload_fd;
+    request.payload_path = path;
+    check(pyfork_start(&request, &options, pyfork_env_build, &started) == 0,
+          "pyfork_start() with a named payload");
+    if (started.pid > 0 && waitpid(started.pid, &status, 0) == started.pid) {
+        check(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "the marker seen by pyfork_start()'s child, named payload");
+    }
+    if (started.result_fd >= 0) {
+        close(started.result_fd);
+    }
+    check(fcntl(payload_fd, F_GETFD) >= 0,
+          "the caller's payload fd left open by pyfork_start()");
+    close(payload_fd);
+    unlink(path);
+
+    /* A missing executable fails in the spawn step, which valgrind sees
+     * as the child's exit code 127 instead. */
+    request.payload_fd = -1;
+    request.payload_path = NULL;
+    request.executable = "/nonexistent/pyfork";
+    errno = 0;
+    int started_missing =
+        pyfork_start(&request, &options, pyfork_env_build, &started);
+    if (RUNNING_ON_VALGRIND) {
+        check(started_missing == 0, "pyfork_start() of a missing executable");
+        if (started_missing == 0) {
+            waitpid(started.pid, &status, 0);
+            close(started.result_fd);
+        }
+    } else {
+        check(started_missing == -1 && errno == ENOENT &&
+                  started.failed_step == PYFORK_START_SPAWN &&
+                  started.result_fd == -1,
+              "ENOENT from pyfork_start() of a missing executable");
+    }
+}
+
 static void round_trip_take(void)
 {
     char buffer[16];
@@ -282,6 +374,7 @@ int main(int argc, char **argv)
     round_trip_anonymous(dir);
     round_trip_named(dir);
     round_trip_spawn();
+    round_trip_start(dir);
     round_trip_take();
 
     check(lowest_free_fd() == first_free, "no fd left open");
