@@ -608,7 +608,7 @@ static char *format_marker_entry(const struct pyfork_start_request *request,
     token_hex[2 * PYFORK_TOKEN_SIZE] = '\0';
 
     const char *path = request->payload_path;
-    /* The fixed part holds the version, two ints and the separators. */
+    /* The fixed part is the version, two ints and the separators. */
     size_t size = strlen(request->marker_name) + sizeof token_hex + 64;
     if (path != NULL) {
         size += strlen(path);
@@ -634,7 +634,7 @@ static char *format_marker_entry(const struct pyfork_start_request *request,
     return entry;
 }
 
-/* Create an anonymous file that holds a header and `body`. */
+/* Create an anonymous file that contains a header and `body`. */
 static int create_written(const struct pyfork_start_request *request,
                           int encoding, const void *body, size_t body_size)
 {

@@ -168,26 +168,28 @@ typedef char **(*pyfork_env_builder)(char *const *base, const char *name,
 struct pyfork_start_request {
     const char *executable;
     char *const *argv;
-    /* The child's environment before the marker; NULL for the process's. */
+    /* The child's environment before the marker, or NULL for the
+     * process environment. */
     char *const *env;
     /* The marker variable's name, and the token that the marker and both
      * files carry. */
     const char *marker_name;
     const unsigned char *token;
-    /* A file that holds the payload already, with its path when it is
-     * named; or -1, and the body below goes into a new anonymous file. */
+    /* A file that contains the payload already, with its path when it is
+     * named. With -1, the body below goes into a new anonymous file. */
     int payload_fd;
     const char *payload_path;
     int encoding;
     const void *body;
     size_t body_size;
-    /* Where anonymous files go when memfd_create() fails, or NULL. */
+    /* The directory of anonymous files when memfd_create() fails, or
+     * NULL. */
     const char *fallback_dir;
 };
 
 struct pyfork_started {
     pid_t pid;
-    /* The result file, which holds an empty record with the token. */
+    /* The result file, which contains an empty record with the token. */
     int result_fd;
     /* 0, or the PYFORK_START_* step that failed. */
     int failed_step;

@@ -319,8 +319,8 @@ static void round_trip_start(const char *dir)
     close(payload_fd);
     unlink(path);
 
-    /* A missing executable fails in the spawn step, which valgrind sees
-     * as the child's exit code 127 instead. */
+    /* A missing executable fails in the spawn step. Under valgrind the
+     * failure is the child's exit code 127 instead. */
     request.payload_fd = -1;
     request.payload_path = NULL;
     request.executable = "/nonexistent/pyfork";
