@@ -26,7 +26,7 @@ from ._protocol import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from typing import Any, BinaryIO
+    from typing import Any, BinaryIO, NoReturn
 
 ffi: "Any" = _core.ffi
 lib: "Any" = _core.lib
@@ -34,6 +34,7 @@ lib: "Any" = _core.lib
 CORE_VERSION: str = ffi.string(lib.pyfork_core_version()).decode()
 
 _MARKER_NAME = MARKER.encode()
+_MARKER_NAME_BUFFER = ffi.new("char[]", _MARKER_NAME)
 # Fits a path of PATH_MAX (4096 on Linux) bytes, and a marker with one.
 _BUFFER_SIZE = 4096 + 64
 # Payload fds that memfd cannot replace: the process is out of resources.
@@ -51,22 +52,39 @@ def _cstring_array(items: "Sequence[bytes]") -> "tuple[Any, list[Any]]":
     return ffi.new("char *[]", [*buffers, ffi.NULL]), buffers
 
 
+# The directory of anonymous files, as a C string, once memfd_create()
+# has failed in this process; NULL while memfd works.
+_fallback_dir: "Any" = ffi.NULL
+
+
+def _use_fallback_dir() -> bool:
+    """Switch anonymous files to the temporary directory after a failure
+    with the current errno. Return False when that cannot help."""
+    global _fallback_dir
+    if _fallback_dir != ffi.NULL or ffi.errno in _NO_FALLBACK_ERRNOS:
+        return False
+    import tempfile
+
+    _fallback_dir = ffi.new("char[]", os.fsencode(tempfile.gettempdir()))
+    return True
+
+
+def _fallback_path() -> str | None:
+    if _fallback_dir == ffi.NULL:
+        return None
+    return os.fsdecode(ffi.string(_fallback_dir))
+
+
 def create_anonymous_file() -> int:
     """Create an empty anonymous file and return its close-on-exec fd.
 
     Raises OSError with the fallback directory as filename.
     """
-    fd = lib.pyfork_payload_create_anonymous(ffi.NULL)
-    if fd >= 0:
-        return int(fd)
-    if ffi.errno in _NO_FALLBACK_ERRNOS:
-        _raise_errno()
-    import tempfile
-
-    directory = tempfile.gettempdir()
-    fd = lib.pyfork_payload_create_anonymous(os.fsencode(directory))
+    fd = lib.pyfork_payload_create_anonymous(_fallback_dir)
+    if fd < 0 and _use_fallback_dir():
+        fd = lib.pyfork_payload_create_anonymous(_fallback_dir)
     if fd < 0:
-        _raise_errno(directory)
+        _raise_errno(_fallback_path())
     return int(fd)
 
 
@@ -152,19 +170,55 @@ def _argv_array(argv: "Sequence[str]") -> "tuple[Any, list[Any]]":
     return cached
 
 
+def _environment_array(env: "Mapping[str, str]") -> "tuple[Any, list[Any]]":
+    """Return ``env`` as a ``char *[]`` of NAME=VALUE, and its buffers."""
+    return _cstring_array(
+        [
+            os.fsencode(key) + b"=" + os.fsencode(value)
+            for key, value in env.items()
+        ]
+    )
+
+
 def _environment_block(env: "Mapping[str, str] | None", entry: bytes) -> "Any":
     if env is None:
         block = lib.pyfork_env_build_locked(ffi.NULL, _MARKER_NAME, entry)
     else:
-        items = [
-            os.fsencode(key) + b"=" + os.fsencode(value)
-            for key, value in env.items()
-        ]
-        base, _buffers = _cstring_array(items)
+        base, _buffers = _environment_array(env)
         block = lib.pyfork_env_build(base, _MARKER_NAME, entry)
     if block == ffi.NULL:
         _raise_errno()
     return block
+
+
+def _spawn_options(
+    keep_fds: "Sequence[int]",
+    stdio: "Sequence[int]",
+    cwd: str | None,
+    setsid: bool,
+    pgroup: int | None,
+) -> "tuple[Any, list[Any]]":
+    """Return a ``struct pyfork_spawn_options *`` and the buffers it
+    points to."""
+    flags = lib.PYFORK_SPAWN_SETSID if setsid else 0
+    if pgroup is not None:
+        flags |= lib.PYFORK_SPAWN_SETPGROUP
+    keep = ffi.new("int[]", list(keep_fds)) if keep_fds else ffi.NULL
+    cwd_buffer = (
+        ffi.NULL if cwd is None else ffi.new("char[]", os.fsencode(cwd))
+    )
+    options = ffi.new(
+        "struct pyfork_spawn_options *",
+        {
+            "keep_fds": keep,
+            "n_keep_fds": len(keep_fds),
+            "stdio": list(stdio),
+            "cwd": cwd_buffer,
+            "flags": flags,
+            "pgroup": pgroup or 0,
+        },
+    )
+    return options, [keep, cwd_buffer]
 
 
 def spawn(
@@ -186,23 +240,8 @@ def spawn(
     child starts. ``setsid`` starts a new session; ``pgroup`` is the
     process group to join, 0 for a new one, or None for the parent's.
     """
-    flags = lib.PYFORK_SPAWN_SETSID if setsid else 0
-    if pgroup is not None:
-        flags |= lib.PYFORK_SPAWN_SETPGROUP
-    keep = ffi.new("int[]", list(keep_fds))
-    cwd_buffer = (
-        ffi.NULL if cwd is None else ffi.new("char[]", os.fsencode(cwd))
-    )
-    options = ffi.new(
-        "struct pyfork_spawn_options *",
-        {
-            "keep_fds": keep,
-            "n_keep_fds": len(keep_fds),
-            "stdio": list(stdio),
-            "cwd": cwd_buffer,
-            "flags": flags,
-            "pgroup": pgroup or 0,
-        },
+    options, _option_buffers = _spawn_options(
+        keep_fds, stdio, cwd, setsid, pgroup
     )
     # The buffers must outlive the call, even if the cache drops them.
     c_argv, _buffers = _argv_array(argv)
@@ -234,6 +273,103 @@ def spawn(
             pgroup=pgroup,
         )
     raise OSError(err, os.strerror(err), executable)
+
+
+def start(
+    executable: str,
+    argv: "Sequence[str]",
+    env: "Mapping[str, str] | None",
+    token: bytes,
+    *,
+    body: "tuple[int, bytes] | None" = None,
+    payload_fd: int = -1,
+    payload_path: str | None = None,
+    pass_fds: "Sequence[int]" = (),
+    stdio: "Sequence[int]" = (-1, -1, -1),
+    cwd: str | None = None,
+    setsid: bool = False,
+    pgroup: int | None = None,
+) -> tuple[int, int]:
+    """Create the result file and start a child. Return (pid, result fd).
+
+    The payload is ``body``, (encoding, body) for a new anonymous file that
+    is closed again once the child has it, or the file at ``payload_fd``
+    that the caller created, named ``payload_path`` when it has a name.
+    The other arguments are those of spawn(). Raises FileCreationError
+    when a file cannot be created or written and OSError when the child
+    cannot be started; no fd that this created is left open then.
+    """
+    encoding, data = (0, b"") if body is None else body
+    # Every buffer that the request points to has a name here, so that it
+    # outlives the call.
+    executable_buffer = ffi.new("char[]", os.fsencode(executable))
+    argv_array, _argv_buffers = _argv_array(argv)
+    token_buffer = ffi.from_buffer("unsigned char[]", token)
+    body_buffer = ffi.from_buffer(data)
+    env_array, _env_buffers = (
+        (ffi.NULL, None) if env is None else _environment_array(env)
+    )
+    path_buffer = (
+        ffi.NULL
+        if payload_path is None
+        else ffi.new("char[]", os.fsencode(payload_path))
+    )
+    request = ffi.new(
+        "struct pyfork_start_request *",
+        {
+            "executable": executable_buffer,
+            "argv": argv_array,
+            "env": env_array,
+            "marker_name": _MARKER_NAME_BUFFER,
+            "token": token_buffer,
+            "payload_fd": payload_fd,
+            "payload_path": path_buffer,
+            "encoding": encoding,
+            "body": body_buffer,
+            "body_size": len(data),
+        },
+    )
+    options, _option_buffers = _spawn_options(
+        pass_fds, stdio, cwd, setsid, pgroup
+    )
+    started = ffi.new("struct pyfork_started *")
+    while True:
+        request.fallback_dir = _fallback_dir
+        if lib.pyfork_start_locked(request, options, started) == 0:
+            return int(started.pid), int(started.result_fd)
+        step = started.failed_step
+        if step == lib.PYFORK_START_SPAWN:
+            break
+        if not _use_fallback_dir():
+            _raise_file_error(step)
+    err = ffi.errno
+    if err == errno.ENOSYS and cwd is not None:
+        # glibc before 2.29 cannot change directory in posix_spawn().
+        from ._reexec import wrap_chdir
+
+        shell, shell_argv = wrap_chdir(executable, argv, cwd)
+        return start(
+            shell,
+            shell_argv,
+            env,
+            token,
+            body=body,
+            payload_fd=payload_fd,
+            payload_path=payload_path,
+            pass_fds=pass_fds,
+            stdio=stdio,
+            setsid=setsid,
+            pgroup=pgroup,
+        )
+    raise OSError(err, os.strerror(err), executable)
+
+
+def _raise_file_error(step: int) -> "NoReturn":
+    from ._errors import FileCreationError
+
+    err = ffi.errno
+    what = "result" if step == lib.PYFORK_START_RESULT_FILE else "payload"
+    raise FileCreationError(what, err, os.strerror(err), _fallback_path())
 
 
 def take_marker() -> str | None:

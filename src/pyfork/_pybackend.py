@@ -24,6 +24,7 @@ from ._protocol import (
     PayloadError,
     build_header,
     check_header,
+    format_marker,
     map_body,
     open_body,
 )
@@ -245,6 +246,78 @@ def spawn(
     except OSError as error:
         error.filename = executable
         raise
+
+
+def start(
+    executable: str,
+    argv: "Sequence[str]",
+    env: "Mapping[str, str] | None",
+    token: bytes,
+    *,
+    body: "tuple[int, bytes] | None" = None,
+    payload_fd: int = -1,
+    payload_path: str | None = None,
+    pass_fds: "Sequence[int]" = (),
+    stdio: "Sequence[int]" = (-1, -1, -1),
+    cwd: str | None = None,
+    setsid: bool = False,
+    pgroup: int | None = None,
+) -> tuple[int, int]:
+    """Create the result file and start a child. Return (pid, result fd).
+
+    The payload is ``body``, (encoding, body) for a new anonymous file that
+    is closed again once the child has it, or the file at ``payload_fd``
+    that the caller created, named ``payload_path`` when it has a name.
+    The other arguments are those of spawn(). Raises FileCreationError
+    when a file cannot be created or written and OSError when the child
+    cannot be started; no fd that this created is left open then.
+    """
+    result_fd = _create_written("result", token, 0, b"")
+    own_payload = payload_fd < 0
+    try:
+        if own_payload:
+            encoding, data = (0, b"") if body is None else body
+            payload_fd = _create_written("payload", token, encoding, data)
+        if payload_path is None:
+            marker = format_marker(token, payload_fd, None, result_fd)
+            keep_fds = (result_fd, payload_fd, *pass_fds)
+        else:
+            marker = format_marker(token, None, payload_path, result_fd)
+            keep_fds = (result_fd, *pass_fds)
+        pid = spawn(
+            executable,
+            argv,
+            marker,
+            env,
+            keep_fds,
+            stdio=stdio,
+            cwd=cwd,
+            setsid=setsid,
+            pgroup=pgroup,
+        )
+    except BaseException:
+        os.close(result_fd)
+        raise
+    finally:
+        if own_payload and payload_fd >= 0:
+            os.close(payload_fd)  # the child has its own copy now
+    return pid, result_fd
+
+
+def _create_written(
+    what: str, token: bytes, encoding: int, body: bytes
+) -> int:
+    """Create an anonymous file holding a header and ``body``. Raises
+    FileCreationError naming ``what``."""
+    try:
+        fd, _ = create_payload(token, encoding, body, None)
+    except OSError as error:
+        from ._errors import FileCreationError
+
+        raise FileCreationError(
+            what, error.errno, error.strerror, error.filename
+        ) from error
+    return fd
 
 
 def take_marker() -> str | None:
