@@ -368,8 +368,8 @@ def _raise_file_error(step: int) -> "NoReturn":
     from ._errors import FileCreationError
 
     err = ffi.errno
-    what = "result" if step == lib.PYFORK_START_RESULT_FILE else "payload"
-    raise FileCreationError(what, err, os.strerror(err), _fallback_path())
+    kind = "result" if step == lib.PYFORK_START_RESULT_FILE else "payload"
+    raise FileCreationError(kind, err, os.strerror(err), _fallback_path())
 
 
 def take_marker() -> str | None:

@@ -115,17 +115,17 @@ for _class in (
 class FileCreationError(OSError):
     """A backend could not create or write the result or payload file.
 
-    ``what`` is ``"result"`` or ``"payload"``; ``filename`` is the
-    directory of the file, or None for an anonymous file in memory. pyfork
-    turns it into SpawnError or PyforkError and never raises it itself.
+    ``kind`` is ``"result"`` or ``"payload"``. ``filename`` is the
+    directory of the file, or None for an anonymous file in memory. Fork
+    turns it into SpawnError or PyforkError before it reaches the caller.
     """
 
     def __init__(
         self,
-        what: str,
+        kind: str,
         errno: int | None,
         strerror: str | None,
         directory: str | None,
     ) -> None:
         super().__init__(errno, strerror, directory)
-        self.what = what
+        self.kind = kind

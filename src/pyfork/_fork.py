@@ -326,7 +326,7 @@ class Fork:
                 pgroup=self.process_group,
             )
         except FileCreationError as error:
-            raise _file_error(error.what, error) from error
+            raise _file_error(error.kind, error) from error
         except OSError as error:
             spawn_error = SpawnError(
                 error.errno, error.strerror, launch.executable
@@ -544,27 +544,27 @@ def _payload_directory() -> str:
 _RESOURCE_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
 
-def _create_file(create: Callable[..., Any], what: str, *args: Any) -> Any:
+def _create_file(create: Callable[..., Any], kind: str, *args: Any) -> Any:
     """Call a backend's create function, turning OSError into PyforkError
     as _file_error() does."""
     try:
         return create(*args)
     except OSError as error:
-        raise _file_error(what, error) from error
+        raise _file_error(kind, error) from error
 
 
-def _file_error(what: str, error: OSError) -> PyforkError:
-    """Return the error to raise when the ``what`` file cannot be created.
+def _file_error(kind: str, error: OSError) -> PyforkError:
+    """Return the error to raise when the ``kind`` file cannot be created.
 
     Running out of fds or memory gives SpawnError with the errno, as a
     failed posix_spawn() does; other errors name the directory.
     """
     if error.errno in _RESOURCE_ERRNOS:
-        strerror = f"{error.strerror}, creating the {what} file"
+        strerror = f"{error.strerror}, creating the {kind} file"
         return SpawnError(error.errno, strerror, sys.executable)
     where = error.filename if error.filename else "memory"
     message = (
-        f"cannot create the {what} file in {where}: {error.strerror} "
+        f"cannot create the {kind} file in {where}: {error.strerror} "
         f"(errno {error.errno})"
     )
     return PyforkError(message)

@@ -305,17 +305,17 @@ def start(
 
 
 def _create_written(
-    what: str, token: bytes, encoding: int, body: bytes
+    kind: str, token: bytes, encoding: int, body: bytes
 ) -> int:
-    """Create an anonymous file holding a header and ``body``. Raises
-    FileCreationError naming ``what``."""
+    """Create an anonymous file that contains a header and ``body``.
+    Raises FileCreationError with ``kind``."""
     try:
         fd, _ = create_payload(token, encoding, body, None)
     except OSError as error:
         from ._errors import FileCreationError
 
         raise FileCreationError(
-            what, error.errno, error.strerror, error.filename
+            kind, error.errno, error.strerror, error.filename
         ) from error
     return fd
 
