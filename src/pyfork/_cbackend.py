@@ -151,23 +151,25 @@ def remove_payload(path: str) -> None:
         _raise_errno(path)
 
 
-# The C arrays of recent argv lists, with the buffers they point to. A
-# program re-executes itself with the same argv on every fork.
-_argv_arrays: "dict[tuple[str, ...], tuple[Any, list[Any]]]" = {}
-_ARGV_CACHE_SIZE = 8
+# The C strings of recent commands: a program re-executes itself with the
+# same executable and argv on every fork.
+_commands: "dict[tuple[str, ...], tuple[Any, Any, list[Any]]]" = {}
+_COMMAND_CACHE_SIZE = 8
 
 
-def _argv_array(argv: "Sequence[str]") -> "tuple[Any, list[Any]]":
-    """Return a ``char *[]`` for ``argv`` and its buffers, reusing recent
-    ones."""
-    key = tuple(argv)
-    cached = _argv_arrays.get(key)
+def _command(executable: str, argv: "Sequence[str]") -> "tuple[Any, Any]":
+    """Return ``executable`` as a C string and ``argv`` as a ``char *[]``,
+    reusing those of recent calls, which keep the buffers alive."""
+    key = (executable, *argv)
+    cached = _commands.get(key)
     if cached is None:
-        if len(_argv_arrays) >= _ARGV_CACHE_SIZE:
-            _argv_arrays.clear()
-        cached = _cstring_array([os.fsencode(arg) for arg in key])
-        _argv_arrays[key] = cached
-    return cached
+        if len(_commands) >= _COMMAND_CACHE_SIZE:
+            _commands.clear()
+        array, buffers = _cstring_array([os.fsencode(arg) for arg in argv])
+        path = ffi.new("char[]", os.fsencode(executable))
+        cached = (path, array, buffers)
+        _commands[key] = cached
+    return cached[0], cached[1]
 
 
 def _environment_array(env: "Mapping[str, str]") -> "tuple[Any, list[Any]]":
@@ -191,6 +193,11 @@ def _environment_block(env: "Mapping[str, str] | None", entry: bytes) -> "Any":
     return block
 
 
+# The options of a child with nothing but the defaults, which most forks
+# use. The core only reads them, so threads can share them.
+_default_options: "tuple[Any, list[Any]] | None" = None
+
+
 def _spawn_options(
     keep_fds: "Sequence[int]",
     stdio: "Sequence[int]",
@@ -200,6 +207,16 @@ def _spawn_options(
 ) -> "tuple[Any, list[Any]]":
     """Return a ``struct pyfork_spawn_options *`` and the buffers it
     points to."""
+    global _default_options
+    default = (
+        not keep_fds
+        and cwd is None
+        and not setsid
+        and pgroup is None
+        and tuple(stdio) == (-1, -1, -1)
+    )
+    if default and _default_options is not None:
+        return _default_options
     flags = lib.PYFORK_SPAWN_SETSID if setsid else 0
     if pgroup is not None:
         flags |= lib.PYFORK_SPAWN_SETPGROUP
@@ -218,6 +235,8 @@ def _spawn_options(
             "pgroup": pgroup or 0,
         },
     )
+    if default:
+        _default_options = (options, [keep, cwd_buffer])
     return options, [keep, cwd_buffer]
 
 
@@ -243,15 +262,13 @@ def spawn(
     options, _option_buffers = _spawn_options(
         keep_fds, stdio, cwd, setsid, pgroup
     )
-    # The buffers must outlive the call, even if the cache drops them.
-    c_argv, _buffers = _argv_array(argv)
+    # The C strings must outlive the call, even if the cache drops them.
+    c_executable, c_argv = _command(executable, argv)
     entry = _MARKER_NAME + b"=" + os.fsencode(marker)
     block = _environment_block(env, entry)
     try:
         pid = ffi.new("pid_t *")
-        status = lib.pyfork_spawn(
-            pid, os.fsencode(executable), c_argv, block, options
-        )
+        status = lib.pyfork_spawn(pid, c_executable, c_argv, block, options)
         err = ffi.errno
     finally:
         lib.pyfork_env_free(block)
@@ -302,8 +319,7 @@ def start(
     encoding, data = (0, b"") if body is None else body
     # Every buffer that the request points to has a name here, so that it
     # outlives the call.
-    executable_buffer = ffi.new("char[]", os.fsencode(executable))
-    argv_array, _argv_buffers = _argv_array(argv)
+    executable_buffer, argv_array = _command(executable, argv)
     token_buffer = ffi.from_buffer("unsigned char[]", token)
     body_buffer = ffi.from_buffer(data)
     env_array, _env_buffers = (

@@ -67,6 +67,8 @@ class StdioSetup:
         self.child_fds = [-1, -1, -1]
         self.parent_fds: list[int | None] = [None, None, None]
         self._close_after_spawn: list[int] = []
+        if specs == (None, None, None):
+            return  # the child inherits all three, as most do
         try:
             for index, spec in enumerate(specs):
                 self._open(index, spec)
@@ -127,6 +129,8 @@ class StdioSetup:
 
     def parent_streams(self) -> tuple[IO[bytes] | None, ...]:
         """Return the parent's ends of the pipes as binary file objects."""
+        if self.parent_fds == [None, None, None]:
+            return (None, None, None)
         modes = ("wb", "rb", "rb")
         return tuple(
             None if fd is None else open(fd, mode)
