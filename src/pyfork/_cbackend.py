@@ -157,9 +157,15 @@ _commands: "dict[tuple[str, ...], tuple[Any, Any, list[Any]]]" = {}
 _COMMAND_CACHE_SIZE = 8
 
 
-def _command(executable: str, argv: "Sequence[str]") -> "tuple[Any, Any]":
-    """Return ``executable`` as a C string and ``argv`` as a ``char *[]``,
-    reusing those of recent calls, which keep the buffers alive."""
+def _command(
+    executable: str, argv: "Sequence[str]"
+) -> "tuple[Any, Any, list[Any]]":
+    """Return ``executable`` as a C string, ``argv`` as a ``char *[]`` and
+    the buffers that the array points to, reusing those of recent calls.
+
+    The caller keeps the whole tuple until the C call returns, since
+    another thread may clear the cache.
+    """
     key = (executable, *argv)
     cached = _commands.get(key)
     if cached is None:
@@ -169,7 +175,7 @@ def _command(executable: str, argv: "Sequence[str]") -> "tuple[Any, Any]":
         path = ffi.new("char[]", os.fsencode(executable))
         cached = (path, array, buffers)
         _commands[key] = cached
-    return cached[0], cached[1]
+    return cached
 
 
 def _environment_array(env: "Mapping[str, str]") -> "tuple[Any, list[Any]]":
@@ -263,7 +269,7 @@ def spawn(
         keep_fds, stdio, cwd, setsid, pgroup
     )
     # The C strings must outlive the call, even if the cache drops them.
-    c_executable, c_argv = _command(executable, argv)
+    c_executable, c_argv, _argv_buffers = _command(executable, argv)
     entry = _MARKER_NAME + b"=" + os.fsencode(marker)
     block = _environment_block(env, entry)
     try:
@@ -319,7 +325,7 @@ def start(
     encoding, data = (0, b"") if body is None else body
     # Every buffer that the request points to has a name here, so that it
     # outlives the call.
-    executable_buffer, argv_array = _command(executable, argv)
+    executable_buffer, argv_array, _argv_buffers = _command(executable, argv)
     token_buffer = ffi.from_buffer("unsigned char[]", token)
     body_buffer = ffi.from_buffer(data)
     env_array, _env_buffers = (
