@@ -144,25 +144,26 @@ def lookup(
 
     Raises NotRegisteredError when it was never registered.
     """
-    from ._errors import NotRegisteredError
-
     if isinstance(name_or_function, str):
         function = _functions.get(name_or_function)
-        if function is None:
-            message = (
-                f"no function is registered as {name_or_function!r}; "
-                "decorate it with @pyfork.register above pyfork.init()"
-            )
-            raise NotRegisteredError(message)
-        return name_or_function, function
+        if function is not None:
+            return name_or_function, function
+        message = (
+            f"no function is registered as {name_or_function!r}; "
+            "decorate it with @pyfork.register above pyfork.init()"
+        )
+    else:
+        for name, function in _functions.items():
+            if function is name_or_function:
+                return name, function
+        message = (
+            f"{name_or_function!r} is not registered; decorate it with "
+            "@pyfork.register above pyfork.init()"
+        )
+    # Imported here: every fork calls this, and the import statement
+    # costs more than the lookup.
+    from ._errors import NotRegisteredError
 
-    for name, function in _functions.items():
-        if function is name_or_function:
-            return name, function
-    message = (
-        f"{name_or_function!r} is not registered; decorate it with "
-        "@pyfork.register above pyfork.init()"
-    )
     raise NotRegisteredError(message)
 
 
