@@ -634,12 +634,18 @@ static char *format_marker_entry(const struct pyfork_start_request *request,
     return entry;
 }
 
-/* Create an anonymous file that contains a header and `body`. */
+/*
+ * Create an anonymous file that contains a header and `body`. Returns the
+ * fd, or -1 with errno set and *failed_step set to `create_step` or
+ * `write_step`.
+ */
 static int create_written(const struct pyfork_start_request *request,
-                          int encoding, const void *body, size_t body_size)
+                          int encoding, const void *body, size_t body_size,
+                          int create_step, int write_step, int *failed_step)
 {
     int fd = pyfork_payload_create_anonymous(request->fallback_dir);
     if (fd < 0) {
+        *failed_step = create_step;
         return -1;
     }
     /* A new file is empty, so nothing is left to truncate. */
@@ -647,6 +653,7 @@ static int create_written(const struct pyfork_start_request *request,
         int saved = errno;
         close(fd);
         errno = saved;
+        *failed_step = write_step;
         return -1;
     }
     return fd;
@@ -701,19 +708,23 @@ int pyfork_start(const struct pyfork_start_request *request,
 {
     started->pid = -1;
     started->result_fd = -1;
-    started->failed_step = PYFORK_START_RESULT_FILE;
+    started->failed_step = 0;
     /* The empty record carries the token, so the child can tell that the
      * fd it is given is this file. */
-    int result_fd = create_written(request, 0, NULL, 0);
+    int result_fd = create_written(request, 0, NULL, 0,
+                                   PYFORK_START_RESULT_FILE,
+                                   PYFORK_START_RESULT_WRITE,
+                                   &started->failed_step);
     if (result_fd < 0) {
         return -1;
     }
 
     int payload_fd = request->payload_fd;
     if (payload_fd < 0) {
-        started->failed_step = PYFORK_START_PAYLOAD_FILE;
-        payload_fd = create_written(request, request->encoding,
-                                    request->body, request->body_size);
+        payload_fd = create_written(
+            request, request->encoding, request->body, request->body_size,
+            PYFORK_START_PAYLOAD_FILE, PYFORK_START_PAYLOAD_WRITE,
+            &started->failed_step);
         if (payload_fd < 0) {
             int saved = errno;
             close(result_fd);

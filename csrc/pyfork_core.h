@@ -155,10 +155,12 @@ int pyfork_read_at(int fd, void *buf, size_t size, uint64_t offset);
 int pyfork_unlink(const char *path);
 
 /* The steps of pyfork_start(), as struct pyfork_started names the one
- * that failed. */
+ * that failed: creating a file, writing it, or the spawn. */
 #define PYFORK_START_RESULT_FILE 1
 #define PYFORK_START_PAYLOAD_FILE 2
 #define PYFORK_START_SPAWN 3
+#define PYFORK_START_RESULT_WRITE 4
+#define PYFORK_START_PAYLOAD_WRITE 5
 
 /* pyfork_env_build(), or a wrapper of it that excludes other threads. */
 typedef char **(*pyfork_env_builder)(char *const *base, const char *name,

@@ -19,6 +19,7 @@ from ._protocol import (
     LARGE_BODY,
     Marker,
     PayloadError,
+    Started,
     map_body,
     open_body,
 )
@@ -26,7 +27,7 @@ from ._protocol import (
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from typing import Any, BinaryIO, NoReturn
+    from typing import Any, BinaryIO
 
 ffi: "Any" = _core.ffi
 lib: "Any" = _core.lib
@@ -52,27 +53,38 @@ def _cstring_array(items: "Sequence[bytes]") -> "tuple[Any, list[Any]]":
     return ffi.new("char *[]", [*buffers, ffi.NULL]), buffers
 
 
-# The directory of anonymous files, as a C string, once memfd_create()
-# has failed in this process; NULL while memfd works.
+# The temporary directory as a C string, once creating a memfd has failed
+# in this process, or NULL. The core still tries memfd first on every
+# call and uses the directory when that fails. Once set, it is never
+# replaced, so a call that uses it may run while other threads set it.
 _fallback_dir: "Any" = ffi.NULL
 
 
-def _use_fallback_dir() -> bool:
-    """Switch anonymous files to the temporary directory after a failure
-    with the current errno. Return False when that cannot help."""
+def _enable_fallback_dir(used: "Any", err: int) -> bool:
+    """Set the fallback directory after creating a memfd failed with
+    ``err`` in a call that passed ``used``.
+
+    Returns True when a retry can help: the directory is set now, or
+    another thread set it during the call. Raises OSError when there is
+    no usable temporary directory.
+    """
     global _fallback_dir
-    if _fallback_dir != ffi.NULL or ffi.errno in _NO_FALLBACK_ERRNOS:
+    if _fallback_dir != used:
+        return True
+    if used != ffi.NULL or err in _NO_FALLBACK_ERRNOS:
         return False
     import tempfile
 
-    _fallback_dir = ffi.new("char[]", os.fsencode(tempfile.gettempdir()))
+    directory = ffi.new("char[]", os.fsencode(tempfile.gettempdir()))
+    if _fallback_dir == ffi.NULL:  # no other thread was first
+        _fallback_dir = directory
     return True
 
 
-def _fallback_path() -> str | None:
-    if _fallback_dir == ffi.NULL:
+def _directory_name(directory: "Any") -> str | None:
+    if directory == ffi.NULL:
         return None
-    return os.fsdecode(ffi.string(_fallback_dir))
+    return os.fsdecode(ffi.string(directory))
 
 
 def create_anonymous_file() -> int:
@@ -80,12 +92,14 @@ def create_anonymous_file() -> int:
 
     Raises OSError with the fallback directory as filename.
     """
-    fd = lib.pyfork_payload_create_anonymous(_fallback_dir)
-    if fd < 0 and _use_fallback_dir():
-        fd = lib.pyfork_payload_create_anonymous(_fallback_dir)
-    if fd < 0:
-        _raise_errno(_fallback_path())
-    return int(fd)
+    while True:
+        fallback = _fallback_dir  # kept alive until the call returns
+        fd = lib.pyfork_payload_create_anonymous(fallback)
+        if fd >= 0:
+            return int(fd)
+        err = ffi.errno
+        if not _enable_fallback_dir(fallback, err):
+            raise OSError(err, os.strerror(err), _directory_name(fallback))
 
 
 def write_record(fd: int, token: bytes, encoding: int, body: bytes) -> None:
@@ -303,6 +317,7 @@ def start(
     argv: "Sequence[str]",
     env: "Mapping[str, str] | None",
     token: bytes,
+    started: Started,
     *,
     body: "tuple[int, bytes] | None" = None,
     payload_fd: int = -1,
@@ -312,8 +327,9 @@ def start(
     cwd: str | None = None,
     setsid: bool = False,
     pgroup: int | None = None,
-) -> tuple[int, int]:
-    """Create the result file and start a child. Return (pid, result fd).
+) -> None:
+    """Create the result file and start a child, and store its pid and
+    result fd in ``started`` as soon as the child exists.
 
     The payload is ``body``, (encoding, body) for a new anonymous file that
     is closed again once the child has it, or the file at ``payload_fd``
@@ -354,27 +370,35 @@ def start(
     options, _option_buffers = _spawn_options(
         pass_fds, stdio, cwd, setsid, pgroup
     )
-    started = ffi.new("struct pyfork_started *")
+    result = ffi.new("struct pyfork_started *")
     while True:
-        request.fallback_dir = _fallback_dir
-        if lib.pyfork_start_locked(request, options, started) == 0:
-            return int(started.pid), int(started.result_fd)
-        step = started.failed_step
+        fallback = _fallback_dir  # kept alive until the call returns
+        request.fallback_dir = fallback
+        try:
+            status = lib.pyfork_start_locked(request, options, result)
+        finally:
+            # Stored before anything else runs, since KeyboardInterrupt
+            # can arrive right after the call, with the child started.
+            started.pid = result.pid
+            started.result_fd = result.result_fd
+        if status == 0:
+            return
+        err = ffi.errno
+        step = result.failed_step
         if step == lib.PYFORK_START_SPAWN:
             break
-        if not _use_fallback_dir():
-            _raise_file_error(step)
-    err = ffi.errno
+        _check_file_step(step, fallback, err)
     if err == errno.ENOSYS and cwd is not None:
         # glibc before 2.29 cannot change directory in posix_spawn().
         from ._reexec import wrap_chdir
 
         shell, shell_argv = wrap_chdir(executable, argv, cwd)
-        return start(
+        start(
             shell,
             shell_argv,
             env,
             token,
+            started,
             body=body,
             payload_fd=payload_fd,
             payload_path=payload_path,
@@ -383,15 +407,40 @@ def start(
             setsid=setsid,
             pgroup=pgroup,
         )
+        return
     raise OSError(err, os.strerror(err), executable)
 
 
-def _raise_file_error(step: int) -> "NoReturn":
+_FILE_KINDS = {
+    lib.PYFORK_START_RESULT_FILE: "result",
+    lib.PYFORK_START_RESULT_WRITE: "result",
+    lib.PYFORK_START_PAYLOAD_FILE: "payload",
+    lib.PYFORK_START_PAYLOAD_WRITE: "payload",
+}
+
+
+def _check_file_step(step: int, fallback: "Any", err: int) -> None:
+    """Return when a start whose ``step`` failed with ``err`` may be retried
+    with the fallback directory, else raise FileCreationError.
+
+    Only a failure to create a file can be retried. A file that could not
+    be written is reported without a directory, as a file in memory.
+    """
     from ._errors import FileCreationError
 
-    err = ffi.errno
-    kind = "result" if step == lib.PYFORK_START_RESULT_FILE else "payload"
-    raise FileCreationError(kind, err, os.strerror(err), _fallback_path())
+    kind = _FILE_KINDS[step]
+    if step in (lib.PYFORK_START_RESULT_WRITE, lib.PYFORK_START_PAYLOAD_WRITE):
+        raise FileCreationError(kind, err, os.strerror(err), None)
+    try:
+        if _enable_fallback_dir(fallback, err):
+            return
+    except OSError as error:  # no usable temporary directory
+        raise FileCreationError(
+            kind, error.errno, error.strerror, None
+        ) from error
+    raise FileCreationError(
+        kind, err, os.strerror(err), _directory_name(fallback)
+    )
 
 
 def take_marker() -> str | None:

@@ -9,10 +9,11 @@ import sys
 from . import _child
 from ._backend import backend
 from ._errors import FileCreationError, PyforkError, SpawnError
-from ._process import Process, reap_orphans
+from ._process import Process, abandon, reap_orphans
 from ._protocol import (
     ENCODING_PICKLE,
     TOKEN_SIZE,
+    Started,
     encode_body,
     fits_marshal,
     stream_body,
@@ -250,6 +251,7 @@ class Fork:
 
         stdio = StdioSetup(self.stdio)
         payload = _PayloadFile()
+        started = Started()
         try:
             if encoded is None:
                 payload.fd = _stream_payload(token, request)
@@ -262,29 +264,38 @@ class Fork:
                     directory,
                 )
                 payload.identity = payload.file_identity()
-            pid, result_fd = self._start_child(
+            self._start_child(
                 launch,
                 current,
                 stdio.child_fds,
                 token=token,
                 encoded=encoded,
                 payload=payload,
+                started=started,
+            )
+            stdio.spawned()
+            payload.close()
+            return Process(
+                started.pid,
+                name,
+                token=token,
+                result_fd=started.result_fd,
+                payload_path=payload.path,
+                payload_identity=payload.identity,
+                streams=stdio.parent_streams(),
             )
         except BaseException:
             stdio.close_all()
-            payload.discard()
+            if started.pid < 0:
+                payload.discard()
+            else:
+                # Interrupted after the spawn: the child runs on, and is
+                # reaped and its unread payload removed as for a dropped
+                # Process.
+                payload.close()
+                os.close(started.result_fd)
+                abandon(started.pid, payload.path, payload.identity)
             raise
-        stdio.spawned()
-        payload.close()
-        return Process(
-            pid,
-            name,
-            token=token,
-            result_fd=result_fd,
-            payload_path=payload.path,
-            payload_identity=payload.identity,
-            streams=stdio.parent_streams(),
-        )
 
     def _start_child(
         self,
@@ -295,11 +306,12 @@ class Fork:
         token: bytes,
         encoded: tuple[int, bytes] | None,
         payload: _PayloadFile,
-    ) -> tuple[int, int]:
-        """Start the child and return its pid and result fd.
+        started: Started,
+    ) -> None:
+        """Start the child and store its pid and result fd in ``started``.
 
         ``encoded`` goes into a new anonymous payload file unless
-        ``payload`` holds the payload already. Raises SpawnError, or
+        ``payload`` contains the payload already. Raises SpawnError, or
         PyforkError when a file cannot be created.
         """
         env = self.env
@@ -311,11 +323,12 @@ class Fork:
         if spawn_cwd == current:
             spawn_cwd = None  # the child starts here anyway
         try:
-            started: tuple[int, int] = backend.start(
+            backend.start(
                 launch.executable,
                 launch.argv,
                 env,
                 token,
+                started,
                 body=encoded if payload.fd < 0 else None,
                 payload_fd=payload.fd,
                 payload_path=payload.path,
@@ -338,7 +351,6 @@ class Fork:
                     f"{self.process_group} (process_group=)"
                 )
             raise spawn_error from error
-        return started
 
 
 class _PayloadFile:
@@ -386,6 +398,9 @@ def _stream_payload(token: bytes, request: tuple[Any, ...]) -> int:
     except Exception as error:
         os.close(fd)
         _raise_unpicklable(request, error)
+    except BaseException:  # KeyboardInterrupt while pickling
+        os.close(fd)
+        raise
     return fd
 
 

@@ -50,6 +50,14 @@ def _remove_unread_payload(
         pass  # the child read and removed it
 
 
+def abandon(
+    pid: int, path: str | None, identity: tuple[int, int] | None
+) -> None:
+    """Leave a started child without a Process to the orphan reaper, which
+    reaps it and removes its unread named payload once it has exited."""
+    _orphans.append((pid, path, identity))
+
+
 def reap_orphans() -> None:
     """Reap dropped children that have exited, without blocking."""
     if not _orphans or not _orphans_lock.acquire(False):
@@ -400,6 +408,4 @@ class Process:
             self._result_fd = None
         self.poll()
         if not self._reaped:
-            _orphans.append(
-                (self.pid, self._payload_path, self._payload_identity)
-            )
+            abandon(self.pid, self._payload_path, self._payload_identity)

@@ -105,6 +105,21 @@ class Marker:
         self.result_fd = result_fd
 
 
+class Started:
+    """The pid and result fd of a child, once a backend has started it.
+
+    Fork.start() passes one to the backend's start(), which fills it as
+    soon as the child exists, so that an exception that arrives before the
+    Process exists, such as KeyboardInterrupt, cannot lose the child.
+    """
+
+    __slots__ = ("pid", "result_fd")
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.result_fd = -1
+
+
 def format_marker(
     token: bytes,
     fd: int | None,
@@ -274,18 +289,22 @@ def map_body(fd: int, body_size: int) -> memoryview:
 
 
 def open_body(fd: int) -> "BinaryIO":
-    """Return an unbuffered file that reads the body of payload file ``fd``.
+    """Return a file that reads the body of payload file ``fd``.
 
     The file takes over ``fd`` and closes it when it is closed. Unpickling
-    from it reads each large bytes or str object with one read() straight
-    into the new object, so the child neither faults in nor unmaps a
-    mapping of the file. For a 100 MB bytes argument that saved about
-    12 ms per child on the two-core VM of BENCHMARKS.md.
+    from it reads each large bytes object straight into the new object,
+    so the child neither faults in nor unmaps a mapping of the file. For a
+    100 MB bytes argument that saved about 12 ms per child on the two-core
+    VM of BENCHMARKS.md. The buffered reader repeats the short reads that
+    Linux makes of 2 GiB or more, which pickle would take for truncation.
+    The fd is made close-on-exec first, since unpickling runs user code
+    that may start programs.
     """
     import os
 
+    os.set_inheritable(fd, False)
     os.lseek(fd, HEADER_SIZE, os.SEEK_SET)
-    return open(fd, "rb", buffering=0)
+    return open(fd, "rb")
 
 
 def decode_body(

@@ -22,6 +22,7 @@ from ._protocol import (
     LARGE_BODY,
     Marker,
     PayloadError,
+    Started,
     build_header,
     check_header,
     format_marker,
@@ -253,6 +254,7 @@ def start(
     argv: "Sequence[str]",
     env: "Mapping[str, str] | None",
     token: bytes,
+    started: Started,
     *,
     body: "tuple[int, bytes] | None" = None,
     payload_fd: int = -1,
@@ -262,8 +264,9 @@ def start(
     cwd: str | None = None,
     setsid: bool = False,
     pgroup: int | None = None,
-) -> tuple[int, int]:
-    """Create the result file and start a child. Return (pid, result fd).
+) -> None:
+    """Create the result file and start a child, and store its pid and
+    result fd in ``started`` as soon as the child exists.
 
     The payload is ``body``, (encoding, body) for a new anonymous file that
     is closed again once the child has it, or the file at ``payload_fd``
@@ -284,7 +287,7 @@ def start(
         else:
             marker = format_marker(token, None, payload_path, result_fd)
             keep_fds = (result_fd, *pass_fds)
-        pid = spawn(
+        started.pid = spawn(
             executable,
             argv,
             marker,
@@ -295,13 +298,16 @@ def start(
             setsid=setsid,
             pgroup=pgroup,
         )
+        started.result_fd = result_fd
     except BaseException:
-        os.close(result_fd)
+        if started.pid < 0:
+            os.close(result_fd)
+        else:  # interrupted after the spawn: the caller owns both now
+            started.result_fd = result_fd
         raise
     finally:
         if own_payload and payload_fd >= 0:
             os.close(payload_fd)  # the child has its own copy now
-    return pid, result_fd
 
 
 def _create_written(
