@@ -287,6 +287,9 @@ def start(
         else:
             marker = format_marker(token, None, payload_path, result_fd)
             keep_fds = (result_fd, *pass_fds)
+        # NOTE: KeyboardInterrupt that arrives as os.posix_spawn() returns
+        # drops the pid, so pyfork never reaps that child. The c backend
+        # receives the pid in a struct and keeps it.
         started.pid = spawn(
             executable,
             argv,
