@@ -237,6 +237,7 @@ def _spawn_options(
     )
     if default and _default_options is not None:
         return _default_options
+
     flags = lib.PYFORK_SPAWN_SETSID if setsid else 0
     if pgroup is not None:
         flags |= lib.PYFORK_SPAWN_SETPGROUP
@@ -335,8 +336,8 @@ def start(
     is closed again once the child has it, or the file at ``payload_fd``
     that the caller created, named ``payload_path`` when it has a name.
     The other arguments are those of spawn(). Raises FileCreationError
-    when a file cannot be created or written and OSError when the child
-    cannot be started; no fd that this created is left open then.
+    when a file cannot be created or written, and OSError when the child
+    cannot be started. No fd that this created is left open then.
     """
     encoding, data = (0, b"") if body is None else body
     # Every buffer that the request points to has a name here, so that it

@@ -272,8 +272,8 @@ def start(
     is closed again once the child has it, or the file at ``payload_fd``
     that the caller created, named ``payload_path`` when it has a name.
     The other arguments are those of spawn(). Raises FileCreationError
-    when a file cannot be created or written and OSError when the child
-    cannot be started; no fd that this created is left open then.
+    when a file cannot be created or written, and OSError when the child
+    cannot be started. No fd that this created is left open then.
     """
     result_fd = _create_written("result", token, 0, b"")
     own_payload = payload_fd < 0
