@@ -107,6 +107,19 @@ def run_script(tmp_path: Path, backend: str) -> ScriptRunner:
     return ScriptRunner(tmp_path, backend)
 
 
+def open_fds() -> set[int]:
+    """Return the fds open in pytest's own process, without the one that
+    lists them."""
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.fstat(int(name))
+        except OSError:
+            continue  # the fd of the listing, closed by now
+        fds.add(int(name))
+    return fds
+
+
 @pytest.fixture(scope="session")
 def repository() -> Path:
     """The root of the source tree."""

@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import open_fds
 
 from pyfork import _cbackend, _protocol, _pybackend
 from pyfork._child import MARKER
@@ -517,32 +518,51 @@ def test_take_marker_unset_none(
     assert backend_module.take_marker() is None
 
 
-def test_spawn_sets_marker(backend_module: ModuleType, tmp_path: Path) -> None:
-    """The child gets the given environment, with a stale marker replaced."""
+def test_start_sets_marker(backend_module: ModuleType, tmp_path: Path) -> None:
+    """The child gets the given environment, with a stale marker replaced
+    by one that names the token, the result fd and the payload fd."""
     output = tmp_path / "output.txt"
     script = 'printf "%s\\n" "$PYFORK_CHILD" "$PYFORK_TEST_VAR" > "$1"'
     env = {"PATH": "/usr/bin:/bin", "PYFORK_TEST_VAR": "x", MARKER: "stale"}
+    started = _protocol.Started()
 
-    pid = backend_module.spawn(
-        "/bin/sh", ["sh", "-c", script, "sh", str(output)], "fresh", env, []
+    backend_module.start(
+        "/bin/sh",
+        ["sh", "-c", script, "sh", str(output)],
+        env,
+        TOKEN,
+        started,
+        body=(_protocol.ENCODING_MARSHAL, marshal.dumps(("work",))),
     )
 
-    _, status = os.waitpid(pid, 0)
+    os.close(started.result_fd)
+    _, status = os.waitpid(started.pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert output.read_text(encoding="utf-8").splitlines() == ["fresh", "x"]
+    marker, variable = output.read_text(encoding="utf-8").splitlines()
+    parsed = _protocol.parse_marker(marker)
+    assert parsed.token == TOKEN
+    assert parsed.result_fd == started.result_fd
+    assert parsed.fd is not None
+    assert parsed.path is None
+    assert variable == "x"
 
 
-def test_spawn_missing_executable(
+def test_start_missing_executable(
     backend_module: ModuleType, tmp_path: Path
 ) -> None:
-    """A missing executable raises FileNotFoundError naming it."""
+    """A missing executable raises FileNotFoundError naming it, and leaves
+    no child and no fd behind."""
     executable = str(tmp_path / "missing")
+    started = _protocol.Started()
+    before = open_fds()
 
     with pytest.raises(FileNotFoundError) as caught:
-        backend_module.spawn(executable, [executable], "marker", {}, [])
+        backend_module.start(executable, [executable], {}, TOKEN, started)
 
     assert caught.value.errno == errno.ENOENT
     assert caught.value.filename == executable
+    assert started.pid == -1
+    assert open_fds() == before
 
 
 # _protocol: markers

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import open_fds
 
 import pyfork
 from pyfork import _protocol
@@ -1031,16 +1032,6 @@ REPORT_SCRIPT = (
 )
 
 
-def _open_fds() -> set[int]:
-    """Return this process's open fds, without the one that lists them."""
-    fds = set()
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            os.fstat(int(name))
-            fds.add(int(name))
-    return fds
-
-
 def _start_raw(
     argv: Sequence[bytes],
     *,
@@ -1099,7 +1090,7 @@ def test_start_anonymous_payload(tmp_path: Path) -> None:
     """The child gets the marker, the result fd and the payload fd; the
     parent keeps only the result fd, which holds an empty record."""
     output = tmp_path / "report.txt"
-    before = _open_fds()
+    before = open_fds()
 
     status, err, started = _start_raw(
         [SH, b"-c", REPORT_SCRIPT.encode(), b"sh", os.fsencode(output)]
@@ -1110,7 +1101,7 @@ def test_start_anonymous_payload(tmp_path: Path) -> None:
     result_fd = started.result_fd
     try:
         assert _wait(started.pid) == 0
-        assert _open_fds() - before == {result_fd}
+        assert open_fds() - before == {result_fd}
         assert _is_cloexec(result_fd)
         info = ffi.new("struct pyfork_payload_info *")
         assert lib.pyfork_payload_check(result_fd, 0, TOKEN, info) == 0
@@ -1195,7 +1186,7 @@ def test_start_environment(tmp_path: Path) -> None:
 
 def test_start_spawn_failure_closes_files(tmp_path: Path) -> None:
     """A child that cannot start leaves no fd open and names the step."""
-    before = _open_fds()
+    before = open_fds()
 
     status, err, started = _start_raw([os.fsencode(tmp_path / "missing")])
 
@@ -1204,7 +1195,7 @@ def test_start_spawn_failure_closes_files(tmp_path: Path) -> None:
     assert started.failed_step == lib.PYFORK_START_SPAWN
     assert started.pid == -1
     assert started.result_fd == -1
-    assert _open_fds() == before
+    assert open_fds() == before
 
 
 @contextlib.contextmanager
@@ -1213,9 +1204,9 @@ def _fd_limit_above_lowest_free(extra: int) -> Iterator[None]:
     import resource
 
     lowest_free = 0
-    while lowest_free in _open_fds():
+    while lowest_free in open_fds():
         lowest_free += 1
-    highest = max(_open_fds())
+    highest = max(open_fds())
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # Fds above the limit stay open, but every new fd is the lowest free
     # one, and numbers at or above the limit are refused.
@@ -1237,7 +1228,7 @@ def _fd_limit_above_lowest_free(extra: int) -> Iterator[None]:
 def test_start_file_failure(extra: int, step: str) -> None:
     """Without fds for its files, pyfork_start() names the file it could
     not create, starts nothing and leaves no fd open."""
-    before = _open_fds()
+    before = open_fds()
 
     with _fd_limit_above_lowest_free(extra):
         status, err, started = _start_raw([b"/bin/true"])
@@ -1246,4 +1237,4 @@ def test_start_file_failure(extra: int, step: str) -> None:
     assert err == errno.EMFILE
     assert started.failed_step == getattr(lib, step)
     assert started.pid == -1
-    assert _open_fds() == before
+    assert open_fds() == before

@@ -1,8 +1,8 @@
 """The ``c`` backend: the protocol on top of the compiled core.
 
 This is the only module that imports ``pyfork._core``, so cffi's untyped
-values stay here. Every function has the signature of its counterpart in
-``_pybackend``.
+values stay here. Every public function has the signature of its
+counterpart in ``_pybackend``.
 Children import this module before their function runs, so annotations
 that need typing are strings instead of a ``from __future__`` import.
 """
@@ -202,17 +202,6 @@ def _environment_array(env: "Mapping[str, str]") -> "tuple[Any, list[Any]]":
     )
 
 
-def _environment_block(env: "Mapping[str, str] | None", entry: bytes) -> "Any":
-    if env is None:
-        block = lib.pyfork_env_build_locked(ffi.NULL, _MARKER_NAME, entry)
-    else:
-        base, _buffers = _environment_array(env)
-        block = lib.pyfork_env_build(base, _MARKER_NAME, entry)
-    if block == ffi.NULL:
-        _raise_errno()
-    return block
-
-
 # The options of a child with nothing but the defaults, which most forks
 # use. The core only reads them, so threads can share them.
 _default_options: "tuple[Any, list[Any]] | None" = None
@@ -261,58 +250,6 @@ def _spawn_options(
     return options, [keep, cwd_buffer]
 
 
-def spawn(
-    executable: str,
-    argv: "Sequence[str]",
-    marker: str,
-    env: "Mapping[str, str] | None",
-    keep_fds: "Sequence[int]",
-    *,
-    stdio: "Sequence[int]" = (-1, -1, -1),
-    cwd: str | None = None,
-    setsid: bool = False,
-    pgroup: int | None = None,
-) -> int:
-    """Start the child and return its pid. Raises OSError.
-
-    ``stdio`` contains the fds that become the child's 0, 1 and 2, or -1 to
-    keep the parent's; none of them may be below 3. ``cwd`` is where the
-    child starts. ``setsid`` starts a new session; ``pgroup`` is the
-    process group to join, 0 for a new one, or None for the parent's.
-    """
-    options, _option_buffers = _spawn_options(
-        keep_fds, stdio, cwd, setsid, pgroup
-    )
-    # The C strings must outlive the call, even if the cache drops them.
-    c_executable, c_argv, _argv_buffers = _command(executable, argv)
-    entry = _MARKER_NAME + b"=" + os.fsencode(marker)
-    block = _environment_block(env, entry)
-    try:
-        pid = ffi.new("pid_t *")
-        status = lib.pyfork_spawn(pid, c_executable, c_argv, block, options)
-        err = ffi.errno
-    finally:
-        lib.pyfork_env_free(block)
-    if status == 0:
-        return int(pid[0])
-    if err == errno.ENOSYS and cwd is not None:
-        # glibc before 2.29 cannot change directory in posix_spawn().
-        from ._reexec import wrap_chdir
-
-        shell, shell_argv = wrap_chdir(executable, argv, cwd)
-        return spawn(
-            shell,
-            shell_argv,
-            marker,
-            env,
-            keep_fds,
-            stdio=stdio,
-            setsid=setsid,
-            pgroup=pgroup,
-        )
-    raise OSError(err, os.strerror(err), executable)
-
-
 def start(
     executable: str,
     argv: "Sequence[str]",
@@ -335,7 +272,12 @@ def start(
     The payload is ``body``, (encoding, body) for a new anonymous file that
     is closed again once the child has it, or the file at ``payload_fd``
     that the caller created, named ``payload_path`` when it has a name.
-    The other arguments are those of spawn(). Raises FileCreationError
+    ``env`` replaces the environment when not None, and the child keeps
+    ``pass_fds``. ``stdio`` contains the fds that become the child's 0, 1
+    and 2, or -1 to keep the parent's; none of them may be below 3.
+    ``cwd`` is where the child starts. ``setsid`` starts a new session;
+    ``pgroup`` is the process group to join, 0 for a new one, or None for
+    the parent's. Raises FileCreationError
     when a file cannot be created or written, and OSError when the child
     cannot be started. No fd that this created is left open then.
     """

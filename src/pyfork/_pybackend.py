@@ -1,7 +1,7 @@
 """The ``python`` backend: the protocol with the standard library only.
 
-It speaks the same protocol as the ``c`` backend, and every function has
-the signature of its counterpart in ``_cbackend``.
+It speaks the same protocol as the ``c`` backend, and every public
+function has the signature of its counterpart in ``_cbackend``.
 Children import this module before their function runs, so annotations
 that need typing are strings instead of a ``from __future__`` import.
 """
@@ -193,7 +193,7 @@ def _inheritable_fds(keep_fds: "Sequence[int]") -> list[int]:
     return found
 
 
-def spawn(
+def _spawn(
     executable: str,
     argv: "Sequence[str]",
     marker: str,
@@ -271,7 +271,7 @@ def start(
     The payload is ``body``, (encoding, body) for a new anonymous file that
     is closed again once the child has it, or the file at ``payload_fd``
     that the caller created, named ``payload_path`` when it has a name.
-    The other arguments are those of spawn(). Raises FileCreationError
+    The other arguments are those of _spawn(). Raises FileCreationError
     when a file cannot be created or written, and OSError when the child
     cannot be started. No fd that this created is left open then.
     """
@@ -290,7 +290,7 @@ def start(
         # NOTE: KeyboardInterrupt that arrives as os.posix_spawn() returns
         # drops the pid, so pyfork never reaps that child. The c backend
         # receives the pid in a struct and keeps it.
-        started.pid = spawn(
+        started.pid = _spawn(
             executable,
             argv,
             marker,
