@@ -1088,7 +1088,7 @@ def _report_lines(output: Path) -> tuple[str, set[int]]:
 
 def test_start_anonymous_payload(tmp_path: Path) -> None:
     """The child gets the marker, the result fd and the payload fd; the
-    parent keeps only the result fd, which holds an empty record."""
+    parent keeps only the result fd, which contains an empty record."""
     output = tmp_path / "report.txt"
     before = open_fds()
 
@@ -1119,7 +1119,7 @@ def test_start_anonymous_payload(tmp_path: Path) -> None:
 
 
 def test_start_payload_reaches_child(tmp_path: Path) -> None:
-    """The anonymous payload file holds the header and the body."""
+    """The anonymous payload file contains the header and the body."""
     output = tmp_path / "payload.bin"
     script = 'p=${PYFORK_CHILD##*:}; cat "/proc/self/fd/$p" > "$1"'
 
@@ -1144,14 +1144,14 @@ def test_start_named_payload(tmp_path: Path, opened_fds: list[int]) -> None:
     opened_fds.append(payload_fd)
     _write_payload(payload_fd)
     output = tmp_path / "report.txt"
-    kept = _move_fd(os.open(os.devnull, os.O_RDONLY), HIGH_FD, cloexec=True)
-    opened_fds.append(kept)
+    passed_fd = _move_fd(os.open(os.devnull, os.O_RDONLY), HIGH_FD, cloexec=True)
+    opened_fds.append(passed_fd)
 
     status, err, started = _start_raw(
         [SH, b"-c", REPORT_SCRIPT.encode(), b"sh", os.fsencode(output)],
         payload_fd=payload_fd,
         payload_path=os.fsencode(path),
-        keep_fds=[kept],
+        keep_fds=[passed_fd],
     )
 
     assert status == 0, os.strerror(err)
@@ -1161,7 +1161,7 @@ def test_start_named_payload(tmp_path: Path, opened_fds: list[int]) -> None:
     marker, child_fds = _report_lines(output)
     expected = f"1:{TOKEN.hex()}:{started.result_fd}:path:{path}"
     assert marker == expected
-    assert child_fds == {started.result_fd, kept}
+    assert child_fds == {started.result_fd, passed_fd}
 
 
 def test_start_environment(tmp_path: Path) -> None:
