@@ -1144,7 +1144,8 @@ def test_start_named_payload(tmp_path: Path, opened_fds: list[int]) -> None:
     opened_fds.append(payload_fd)
     _write_payload(payload_fd)
     output = tmp_path / "report.txt"
-    passed_fd = _move_fd(os.open(os.devnull, os.O_RDONLY), HIGH_FD, cloexec=True)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    passed_fd = _move_fd(devnull, HIGH_FD, cloexec=True)
     opened_fds.append(passed_fd)
 
     status, err, started = _start_raw(
